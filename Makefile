@@ -1,0 +1,45 @@
+# Two commands do all set-up: `make lab` and `make test` (README.md says more).
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+WORKERS    ?= 2
+LAB_FLAGS  ?=
+NB         ?= notebooks/*.ipynb
+
+.PHONY: help venv lab test lib exercises notebooks clean
+
+help:
+	@echo "make lab        set up .venv if needed and open JupyterLab on notebooks/"
+	@echo "make test       set up .venv if needed, then unit tests + nbval on every notebook"
+	@echo "make lib        regenerate course_utils/<topic>.py from the notebooks' #@save cells"
+	@echo "make exercises  write learner versions (solutions replaced by stubs) to exercises/"
+	@echo "make notebooks  re-execute notebooks in place (NB=notebooks/01_*.ipynb for one)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the dependency list changes; the stamp makes both commands quick afterwards.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --editable .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+lab: venv exercises
+	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(LAB_FLAGS)
+
+# --dist loadfile keeps each notebook's cells on one worker (the default would split them).
+test: venv
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --nbval tests notebooks
+
+lib: venv
+	$(PY) tools/export_lib.py
+
+exercises: venv
+	$(PY) tools/make_exercises.py
+
+notebooks: venv
+	$(PY) tools/run_notebooks.py $(NB)
+
+clean:
+	rm -rf $(VENV) exercises .pytest_cache
