@@ -4,6 +4,8 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 WORKERS    ?= 2
 LAB_FLAGS  ?=
+# Jupyter refuses to run as root (common in containers) unless told it may.
+ROOT_FLAG  := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 NB         ?= notebooks/*.ipynb
 
 .PHONY: help venv lab test lib exercises notebooks clean
@@ -26,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 venv: $(VENV)/.installed
 
 lab: venv exercises
-	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(LAB_FLAGS)
+	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(ROOT_FLAG) $(LAB_FLAGS)
 
 # --dist loadfile keeps each notebook's cells on one worker (the default would split them).
 test: venv

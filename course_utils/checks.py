@@ -33,8 +33,14 @@ def default_atol(*dtypes: torch.dtype) -> float:
 def _to_tensor(x, name: str, role: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu()
-    if isinstance(x, (numbers.Number, bool)):
+    if isinstance(x, bool):
         return torch.tensor(x)
+    if isinstance(x, numbers.Integral):
+        return torch.tensor(int(x), dtype=torch.int64)
+    if isinstance(x, numbers.Real):  # a Python float is a double: compare it as one
+        return torch.tensor(float(x), dtype=torch.float64)
+    if isinstance(x, numbers.Complex):
+        return torch.tensor(complex(x), dtype=torch.complex128)
     try:
         return torch.as_tensor(x).cpu()
     except Exception:  # noqa: BLE001 - re-raised with a clearer message

@@ -59,31 +59,47 @@ def _clone(x):
 
 def _compare(name: str, got, want, where: str, atol: float, rtol: float, hint: str | None):
     tail = f"\n  Hint: {hint}" if hint else ""
+    lead = f"✗ {name}: " + (f"{where} " if where else "")
     if isinstance(want, torch.Tensor):
         if not isinstance(got, torch.Tensor):
-            raise ExerciseError(f"✗ {name}: {where} you returned {_describe(got)}, "
+            raise ExerciseError(f"{lead}you returned {_describe(got)}, "
                                 f"but a tensor was expected ({_describe(want)}).{tail}")
         if got.shape != want.shape:
-            raise ExerciseError(f"✗ {name}: {where} your result has shape {tuple(got.shape)}, "
-                                f"expected {tuple(want.shape)}.{tail}")
+            expected = (f"shape {tuple(want.shape)}" if want.dim() else
+                        "shape () (a 0-dimensional tensor, one number)")
+            raise ExerciseError(f"{lead}your result has shape {tuple(got.shape)}, "
+                                f"expected {expected}.{tail}")
         if got.dtype != want.dtype and not (got.is_floating_point() and want.is_floating_point()):
-            raise ExerciseError(f"✗ {name}: {where} your result has dtype {got.dtype}, "
+            raise ExerciseError(f"{lead}your result has dtype {got.dtype}, "
                                 f"expected {want.dtype}.{tail}")
         g, w = got.detach().double().reshape(-1), want.detach().double().reshape(-1)
         bad = ~((g - w).abs() <= atol + rtol * w.abs())
         if bad.any():
             i = int(bad.nonzero()[0])
-            idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), want.shape))
+            idx = (tuple(int(v) for v in torch.unravel_index(torch.tensor(i), want.shape))
+                   if want.dim() else ())
             raise ExerciseError(
-                f"✗ {name}: {where} {int(bad.sum())} of {want.numel()} values are wrong; the first "
+                f"{lead}{int(bad.sum())} of {want.numel()} values are wrong; the first "
                 f"is at index {idx}: you have {g[i].item():.6g}, expected {w[i].item():.6g}.{tail}")
+        return
+    if isinstance(want, (set, frozenset)) and isinstance(got, (set, frozenset)):
+        if got != want:
+            parts = []
+            if want - got:
+                parts.append(f"missing {sorted(want - got)}")
+            if got - want:
+                parts.append(f"should not contain {sorted(got - want)}")
+            raise ExerciseError(f"{lead}your set is {sorted(got)}: " + "; ".join(parts) + f".{tail}")
         return
     if isinstance(want, float):
         ok = isinstance(got, (int, float)) and abs(got - want) <= atol + rtol * abs(want)
     else:
-        ok = got == want
+        try:
+            ok = bool(got == want)
+        except Exception:  # noqa: BLE001 - e.g. a tensor compared with a number
+            ok = False
     if not ok:
-        raise ExerciseError(f"✗ {name}: {where} you have {got!r}, expected {want!r}.{tail}")
+        raise ExerciseError(f"{lead}you have {got!r}, expected {want!r}.{tail}")
 
 
 def check_function(name: str, fn, cases, reference, *, atol: float = 1e-5, rtol: float = 0.0,

@@ -224,9 +224,14 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             for p in procs:
                 p.start()
         deadline = time.monotonic() + timeout
-        while len(results) < world_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        failures: dict[int, tuple[str, str]] = {}  # rank -> (traceback or death note, output)
+        died: set[int] = set()                     # ranks that exited without reporting
+        grace_end = None
+        while len(results) + len(failures) < world_size:
+            now = time.monotonic()
+            if grace_end is not None and now >= grace_end:
+                break
+            if grace_end is None and now >= deadline:
                 pending = [r for r in range(world_size) if r not in results]
                 raise TimeoutError(
                     f"run_distributed: rank{'s' if len(pending) > 1 else ''} "
@@ -234,20 +239,36 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                     f"{'were' if len(pending) > 1 else 'was'} stopped. A common cause is a rank "
                     f"waiting in a collective (or recv) that another rank never calls.")
             try:
-                rank, status, payload, out = q.get(timeout=min(0.1, remaining))
+                rank, status, payload, out = q.get(timeout=0.1)
             except queue.Empty:
                 for r, p in enumerate(procs):
-                    if r not in results and p.exitcode is not None:
-                        try:  # a report may still be in the pipe
-                            rank, status, payload, out = q.get(timeout=1.0)
-                            break
-                        except queue.Empty:
-                            raise RankError(r, world_size, _death_text(p.exitcode)) from None
+                    if r in results or r in failures or p.exitcode is None:
+                        continue
+                    try:  # a report may still be in the pipe
+                        rank, status, payload, out = q.get(timeout=1.0)
+                        break
+                    except queue.Empty:
+                        failures[r] = (_death_text(p.exitcode), "")
+                        died.add(r)
+                        grace_end = grace_end or time.monotonic() + 1.0
                 else:
                     continue
             if status == "error":
-                raise RankError(rank, world_size, payload, out) from None
-            results[rank], outputs[rank] = payload, out
+                failures[rank] = (payload, out)
+                # Peers of a failed rank fail soon after ("connection reset"); wait a moment so
+                # the report blames the rank that failed first, not one that saw the fallout.
+                grace_end = grace_end or time.monotonic() + 1.0
+            else:
+                results[rank], outputs[rank] = payload, out
+        if failures:
+            first = min(died) if died else next(iter(failures))
+            detail, out = failures[first]
+            others = [r for r in failures if r != first]
+            if others:
+                lines = [failures[r][0].strip().splitlines()[-1] for r in others]
+                detail += ("\n--- other ranks failed after it, probably as a consequence ---\n" +
+                           "\n".join(f"rank {r}: {line}" for r, line in zip(others, lines)))
+            raise RankError(first, world_size, detail, out) from None
     finally:
         _reap(procs)
         q.close()

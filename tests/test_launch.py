@@ -1,0 +1,174 @@
+"""course_utils.launch.run_distributed: real processes, fast errors, timeouts, no leftovers."""
+import os
+import signal
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from course_utils.launch import RankError, run_distributed
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc are Linux")
+
+
+def children(pid=None):
+    """Live child processes of this process (from /proc), except multiprocessing's resource
+    tracker, a helper that spawn-based runs start once per interpreter by design."""
+    pid = pid or os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "resource_tracker" not in cmd:
+            out.append((int(d), cmd.replace("\0", " ")))
+    return out
+
+
+def all_reduce_sum(rank, world_size, scale):
+    t = torch.full((3,), float(rank)) * scale
+    x = torch.randn(64, 64) @ torch.randn(64, 64)  # an OpenMP op after fork must not hang
+    dist.all_reduce(t)
+    print(f"rank {rank} has {t[0].item():g}")
+    return {"rank": rank, "sum": t, "matmul_ok": bool(torch.isfinite(x).all())}
+
+
+def crash_on_one(rank, world_size):
+    if rank == 1:
+        raise ValueError("rank one is broken")
+    dist.barrier()  # rank 0 waits here for a rank that will never come
+
+
+def hang_on_zero(rank, world_size):
+    if rank == 0:
+        time.sleep(600)
+    dist.barrier()
+
+
+def exit_hard(rank, world_size):
+    if rank == 1:
+        os._exit(3)
+    dist.barrier()
+
+
+def sleepy(rank, world_size):
+    time.sleep(600)
+
+
+def returns_unpicklable(rank, world_size):
+    return lambda: None
+
+
+@linux_only
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_results_come_back_in_rank_order(world_size, capsys):
+    torch.ones(256, 256) @ torch.ones(256, 256)  # use the parent's OpenMP pool before forking
+    out = run_distributed(all_reduce_sum, world_size, 2.0, timeout=60)
+    total = 2.0 * world_size * (world_size - 1) / 2  # closed form of 2 * sum(ranks)
+    assert [r["rank"] for r in out] == list(range(world_size))
+    for r in out:
+        torch.testing.assert_close(r["sum"], torch.full((3,), total))
+        assert r["matmul_ok"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"[rank {r}] rank {r} has {total:g}" for r in range(world_size)]
+    assert children() == []
+
+
+@linux_only
+def test_a_crashing_rank_is_reported_fast_with_its_traceback():
+    t0 = time.monotonic()
+    with pytest.raises(RankError) as e:
+        run_distributed(crash_on_one, 2, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 10, f"the error took {elapsed:.1f} s to surface"
+    msg = str(e.value)
+    assert e.value.rank == 1
+    assert msg.startswith("rank 1 of 2 failed")
+    assert "ValueError: rank one is broken" in msg
+    assert "in crash_on_one" in msg           # the learner's frame is in the traceback
+    assert "_rank_main" not in msg            # the launcher's own frame is not
+    assert children() == []
+
+
+@linux_only
+def test_a_hanging_rank_is_stopped_at_the_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks 0, 1 did not finish within 3 s"):
+        run_distributed(hang_on_zero, 2, timeout=3)
+    elapsed = time.monotonic() - t0
+    assert 3 <= elapsed < 10
+    assert children() == []
+
+
+@linux_only
+def test_a_rank_that_dies_without_reporting():
+    with pytest.raises(RankError, match=r"rank 1 of 2 failed[\s\S]*exited with code 3"):
+        run_distributed(exit_hard, 2, timeout=30)
+    assert children() == []
+
+
+@linux_only
+def test_an_interrupt_kills_the_ranks_and_a_rerun_works():
+    class Interrupt(Exception):
+        pass
+
+    def raise_interrupt(signum, frame):
+        raise Interrupt
+
+    old = signal.signal(signal.SIGALRM, raise_interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)  # like pressing "interrupt kernel" after 1 s
+    try:
+        with pytest.raises(Interrupt):
+            run_distributed(sleepy, 2, timeout=60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert children() == []
+    out = run_distributed(all_reduce_sum, 2, 1.0, timeout=60, echo=False)  # no "address in use"
+    assert out[1]["sum"][0].item() == 1.0
+
+
+@linux_only
+def test_unsendable_results_are_explained():
+    with pytest.raises(RankError, match="cannot be sent back"):
+        run_distributed(returns_unpicklable, 2, timeout=30)
+
+
+def test_notebook_functions_are_refused_under_spawn():
+    def in_notebook(rank, world_size):
+        return rank
+
+    in_notebook.__module__ = "__main__"
+    with pytest.raises(RuntimeError, match=r"defined in the notebook[\s\S]*Move it into a \.py file"):
+        run_distributed(in_notebook, 2, start_method="spawn")
+
+
+def test_spawn_works_with_an_importable_function():
+    out = run_distributed(all_reduce_sum, 2, 1.0, timeout=120, echo=False, start_method="spawn")
+    assert [r["sum"][0].item() for r in out] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(fn=None, world_size=2), TypeError, "fn must be a function"),
+    (dict(fn=sleepy, world_size=0), ValueError, "world_size must be an int >= 1"),
+    (dict(fn=sleepy, world_size=2, backend="mpi"), ValueError, "backend must be 'gloo' or 'nccl'"),
+    (dict(fn=sleepy, world_size=2, timeout=0), ValueError, "timeout must be a positive"),
+    (dict(fn=sleepy, world_size=2, threads_per_rank=0), ValueError, "threads_per_rank"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    fn, ws = kwargs.pop("fn"), kwargs.pop("world_size")
+    with pytest.raises(exc, match=match):
+        run_distributed(fn, ws, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 64, reason="needs fewer GPUs than asked")
+def test_nccl_needs_enough_gpus():
+    with pytest.raises(RuntimeError, match="needs 64 CUDA GPUs"):
+        run_distributed(sleepy, 64, backend="nccl")

@@ -1,0 +1,64 @@
+"""course_utils.plotting and course_utils.course: drawing helpers and the course map."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from course_utils import course, plotting  # noqa: E402
+
+
+def test_draw_dag_layers_sources_first():
+    fig, ax = plt.subplots()
+    pos = plotting.draw_dag(ax, ["a", "b", "c", "d"], [("a", "b"), ("b", "d"), ("a", "c"), ("c", "d")])
+    assert pos["a"][0] < pos["b"][0] < pos["d"][0]
+    assert pos["b"][0] == pos["c"][0] and pos["b"][1] != pos["c"][1]
+    plt.close(fig)
+
+
+def test_draw_dag_rejects_cycles_and_unknown_nodes():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="cycle"):
+        plotting.draw_dag(ax, ["a", "b"], [("a", "b"), ("b", "a")])
+    with pytest.raises(ValueError, match="not in nodes"):
+        plotting.draw_dag(ax, ["a"], [("a", "z")])
+    with pytest.raises(ValueError, match="direction"):
+        plotting.draw_dag(ax, ["a"], [], direction="RL")
+    plt.close(fig)
+
+
+def test_draw_grid_shapes():
+    fig, ax = plt.subplots()
+    plotting.draw_grid(ax, [1, 2, 3])
+    plotting.draw_grid(ax, [[1, 2], [3, 4]], highlight=[(0, 1)])
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        plotting.draw_grid(ax, [[[1]]])
+    plt.close(fig)
+
+
+def test_interact_figure_draws_the_static_view_first(monkeypatch):
+    import ipywidgets
+
+    calls = []
+    monkeypatch.setattr(plt, "show", lambda: None)
+    plotting.interact_figure(lambda n: calls.append(n), n=ipywidgets.IntSlider(value=3, min=1, max=5))
+    assert calls[0] == 3
+    with pytest.raises(TypeError, match="must be an ipywidgets control"):
+        plotting.interact_figure(lambda n: None, n=(1, 5))
+
+
+def test_course_map_prerequisites():
+    assert course.prerequisites("00") == set()
+    assert course.prerequisites("06") == {"00", "01", "02", "03", "04"}
+    with pytest.raises(KeyError, match="unknown id"):
+        course.lesson("11")
+    ax = course.draw_course_map(highlight="08")
+    assert "08" in ax.get_title()
+    plt.close(ax.figure)
+
+
+def test_lessons_are_numbered_in_order():
+    ids = [x.id for x in course.LESSONS]
+    assert ids == [f"{i:02d}" for i in range(len(ids))]
+    for x in course.LESSONS:
+        assert x.file.startswith(x.id + "_") and all(r < x.id for r in x.requires)
