@@ -206,6 +206,8 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                 "processes cannot use it. Restart the kernel and call run_distributed before "
                 "any CUDA work, or put the rank function in a module and pass start_method='spawn'.")
 
+    if sys.platform.startswith("win"):
+        os.environ.setdefault("USE_LIBUV", "0")  # gloo on Windows has no libuv transport
     td = datetime.timedelta(seconds=timeout)
     store = dist.TCPStore(_HOST, 0, None, True, timeout=td, wait_for_workers=False,
                           use_libuv=not sys.platform.startswith("win"))
