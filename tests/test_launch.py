@@ -172,3 +172,19 @@ def test_bad_arguments(kwargs, exc, match):
 def test_nccl_needs_enough_gpus():
     with pytest.raises(RuntimeError, match="needs 64 CUDA GPUs"):
         run_distributed(sleepy, 64, backend="nccl")
+
+
+def nccl_all_reduce(rank, world_size):
+    t = torch.full((4,), float(rank + 1), device="cuda")
+    dist.all_reduce(t)
+    return {"device": t.device.index, "sum": t.cpu()}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_nccl_on_two_gpus():
+    # spawn: earlier tests in this process may have initialised CUDA, which forked ranks cannot use
+    out = run_distributed(nccl_all_reduce, 2, backend="nccl", timeout=120, echo=False,
+                          start_method="spawn")
+    assert [r["device"] for r in out] == [0, 1]  # one GPU per rank
+    for r in out:
+        torch.testing.assert_close(r["sum"], torch.full((4,), 3.0))  # 1 + 2
