@@ -52,7 +52,7 @@ class TestNotebook:
     def test_has_checks_a_widget_and_a_title(self, path):
         nb = nbformat.read(path, as_version=4)
         src = "\n".join(c.source for c in code_cells(nb))
-        outputs = json.dumps([c.outputs for c in code_cells(nb)])
+        outputs = json.dumps([c.outputs for c in code_cells(nb)], ensure_ascii=False)
         assert "✓" in outputs, "no check printed a ✓ line"
         assert "interact_figure(" in src, "no widget (plotting.interact_figure)"
         first = nb.cells[0]
