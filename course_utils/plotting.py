@@ -140,8 +140,8 @@ def draw_grid(ax, values, *, title: str | None = None, fmt: str = "{:g}", cmap: 
               highlight=None, annotate: bool = True, vmin=None, vmax=None):
     """Draw a 2-D array as a grid of coloured cells with their values written in.
 
-    ``values`` is anything ``numpy.asarray`` takes (1-D is drawn as one row); ``highlight`` an
-    optional iterable of ``(row, col)`` cells to outline in red.
+    ``values`` is anything ``numpy.asarray`` takes (1-D is drawn as one row; NaN cells are left
+    blank); ``highlight`` an optional iterable of ``(row, col)`` cells to outline in red.
     """
     import numpy as np  # noqa: PLC0415
 
@@ -154,6 +154,8 @@ def draw_grid(ax, values, *, title: str | None = None, fmt: str = "{:g}", cmap: 
     if annotate:
         mid = (np.nanmax(a) + np.nanmin(a)) / 2 if a.size else 0
         for (i, j), v in np.ndenumerate(a):
+            if isinstance(v, (float, np.floating)) and np.isnan(v):
+                continue  # NaN cells stay blank (and need no fmt that takes NaN)
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
                     color="white" if (cmap == "Blues" and v > mid) else COLORS["ink"])
     for i, j in highlight or ():

@@ -30,6 +30,7 @@ def element_addresses(t: torch.Tensor) -> torch.Tensor:
 
 import itertools
 
+import numpy as np
 import torch
 
 
@@ -41,38 +42,39 @@ def storage_readers(t: torch.Tensor) -> list[list[int]]:
     return readers
 
 
+def address_blocks(t: torch.Tensor) -> np.ndarray:
+    """``element_addresses(t)`` laid out for drawing: the 2-D slices over the last two dims side
+    by side, separated by one NaN column; shape (R, blocks·(C+1) − 1)."""
+    R, C = ((1, 1) + tuple(t.shape))[-2:]                          # last two dims (0-d, 1-d: padded)
+    blocks = element_addresses(t).reshape(-1, R, C).numpy()        # (blocks, R, C)
+    grid = np.full((R, len(blocks) * (C + 1) - 1), np.nan)
+    for b, block in enumerate(blocks):
+        grid[:, b * (C + 1): b * (C + 1) + C] = block
+    return grid
+
 def draw_storage(t: torch.Tensor, *, title: str | None = None):
-    """Draw ``t`` as its logical grid (each cell: its storage address; a tensor of more than two
-    dims as a row of 2-D blocks) above its flat storage (each used cell: when the view reads it).
-    Colour = storage address in both. Returns the figure."""
-    import numpy as np
+    """Draw ``t`` as its logical grid (each cell: its storage address) above its flat storage
+    (each used cell: when the view reads it, in row-major order). Colour = address in both."""
     from course_utils import plotting
     if not isinstance(t, torch.Tensor) or not 0 < t.numel() <= 400:
         raise ValueError("draw_storage: t must be a tensor with 1 to 400 elements, got "
                          + (f"{t.numel()}" if isinstance(t, torch.Tensor) else type(t).__name__))
-    readers, n = storage_readers(t), t.untyped_storage().nbytes() // t.element_size()
-    R, C = ((1,) * 2 + tuple(t.shape))[-2:]
-    blocks = element_addresses(t).reshape(-1, R, C).numpy()          # (blocks, R, C)
-    grid = np.full((R, len(blocks) * (C + 1) - 1), np.nan)          # blocks side by side, 1-column gaps
-    for b, block in enumerate(blocks):
-        grid[:, b * (C + 1): b * (C + 1) + C] = block
-    fig, (top, bot) = plotting.figure(2, 1, width=0.4 * max(grid.shape[1], n) + 1.2, height=0.42 * R + 2.4,
+    readers, grid = storage_readers(t), address_blocks(t)
+    n, (R, width), C = len(readers), grid.shape, (t.shape[-1] if t.dim() else 1)
+    fig, (top, bot) = plotting.figure(2, 1, width=0.4 * max(width, n) + 1.2, height=0.42 * R + 2.4,
                                       gridspec_kw={"height_ratios": [R + 0.8 * (t.dim() > 2), 1.6]})
-    for ax, values in ((top, grid), (bot, np.array([a if r else np.nan for a, r in enumerate(readers)]))):
+    strip = np.array([[a if r else np.nan for a, r in enumerate(readers)]])   # (1, n); NaN: never read
+    for ax, values, texts in ((top, grid, {ij: str(int(a)) for ij, a in np.ndenumerate(grid) if not np.isnan(a)}),
+                              (bot, strip, {(0, a): ",".join(map(str, r[:2])) + "…" * (len(r) > 2)
+                                            for a, r in enumerate(readers) if r})):
         plotting.draw_grid(ax, values, annotate=False, vmin=-0.3 * n, vmax=n - 1)   # same colours
-    for (i, j), a in np.ndenumerate(grid):
-        if a == a:                                                   # skip the NaN gaps
-            top.text(j, i, int(a), ha="center", va="center", fontsize=8,
-                     color="white" if a > 0.5 * n else plotting.COLORS["ink"])
-    top.set_xticks([j for j in range(grid.shape[1]) if j % (C + 1) < C], [str(c) for _ in blocks for c in range(C)])
+        for (i, j), text in texts.items():
+            ax.text(j, i, text, ha="center", va="center", fontsize=8 if len(text) < 4 else 6,
+                    color="white" if values[i, j] > 0.5 * n else plotting.COLORS["ink"])
+    top.set_xticks([j for j in range(width) if j % (C + 1) < C], [str(j % (C + 1)) for j in range(width) if j % (C + 1) < C])
     for b, lead in enumerate(itertools.product(*map(range, t.shape[:-2])) if t.dim() > 2 else ()):
-        top.text(b * (C + 1) + (C - 1) / 2, -0.8, "[" + ", ".join(map(str, lead)) + ", :, :]",
-                 ha="center", va="bottom", fontsize=8)
-    top.set_title(title or f"{tuple(t.shape)}: each cell = its storage address", pad=18 if t.dim() > 2 else 6)
-    for a, rs in enumerate(readers):                                 # "·": storage this view never reads
-        text = (",".join(map(str, rs[:2])) + ("…" if len(rs) > 2 else "")) if rs else "·"
-        bot.text(a, 0, text, ha="center", va="center", fontsize=7 if len(rs) < 2 else 6,
-                 color="white" if rs and a > 0.5 * n else plotting.COLORS["ink"])
+        top.text(b * (C + 1) + (C - 1) / 2, -0.8, "[" + ", ".join(map(str, lead)) + ", :, :]", ha="center", fontsize=8)
+    top.set_title(title or f"{tuple(t.shape)}: each cell = its storage address", pad=26 if t.dim() > 2 else 6)
     bot.set_yticks([])
     bot.set_xlabel("storage address (numbers inside: reading order)")
     bot.set_title(f"storage, {n} elements · stride {t.stride()}, offset {t.storage_offset()}, "

@@ -62,3 +62,12 @@ def test_lessons_are_numbered_in_order():
     assert ids == [f"{i:02d}" for i in range(len(ids))]
     for x in course.LESSONS:
         assert x.file.startswith(x.id + "_") and all(r < x.id for r in x.requires)
+
+
+def test_draw_grid_leaves_nan_blank():
+    import numpy as np
+
+    fig, ax = plt.subplots()
+    plotting.draw_grid(ax, np.array([[1.0, np.nan], [2.0, 3.0]]), fmt="{:.0f}")
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3"]
+    plt.close(fig)
