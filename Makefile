@@ -31,8 +31,10 @@ lab: venv exercises
 	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(ROOT_FLAG) $(LAB_FLAGS)
 
 # --dist loadfile keeps each notebook's cells on one worker (the default would split them).
+# One OpenMP thread per process: WORKERS kernels side by side on a small CPU otherwise
+# oversubscribe it, and GNU OpenMP's spinning threads then slow every notebook several-fold.
 test: venv
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile --nbval tests notebooks
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(WORKERS) --dist loadfile --nbval tests notebooks
 
 lib: venv
 	$(PY) tools/export_lib.py

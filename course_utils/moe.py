@@ -19,7 +19,7 @@ def _need_float(name, t, where):
 class SwiGLU(nn.Module):
     """One expert: FFN(x) = (SiLU(x W1) ⊙ x W3) W2, input and output (..., d_model).
 
-    Shazeer, "GLU Variants Improve Transformer" (2020), eq. 6 (FFN_SwiGLU), without biases as in
+    Shazeer, "GLU Variants Improve Transformer" (2020), FFN_SwiGLU, without biases as in
     Llama and DeepSeek-V3. `w1` is the gate branch, `w3` the linear branch, `w2` the projection.
     """
 
@@ -116,12 +116,14 @@ def load_balancing_loss(router_probs: torch.Tensor, indices: torch.Tensor) -> to
     if (router_probs.detach().sum(-1) - 1).abs().max() > 1e-3:
         raise ValueError("load_balancing_loss: each row of router_probs must sum to 1 "
                          "(pass softmax(logits), not the logits)")
-    f = torch.bincount(indices.reshape(-1), minlength=E).to(router_probs.dtype) / indices.numel()
+    routes = indices.reshape(-1)                                     # (T·k,)
+    f = torch.bincount(routes, minlength=E).to(router_probs.dtype) / routes.numel()
     P = router_probs.mean(0)
     return E * (f * P).sum()
 
 def expert_choice_route(logits: torch.Tensor, capacity: int):
-    """Expert-choice routing (Zhou et al. 2022, eq. 1): S = softmax(logits) over experts, then
+    """Expert-choice routing (Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing"):
+    S = softmax(logits) over experts, then
     each expert takes its top-`capacity` tokens, G, I = TopK(S^T, capacity).
 
     logits: (tokens, n_experts) floating; capacity in [1, tokens] (the paper uses
@@ -154,7 +156,7 @@ def _check_groups(where, n_experts, k, n_groups, topk_groups):
                          f"got {k!r}")
 
 def deepseek_v3_route(logits, k, *, bias=None, n_groups=1, topk_groups=1, route_scale=1.0):
-    """DeepSeek-V3 routing (technical report 2024, section 2.1.2, eqs. 12-16 and the released
+    """DeepSeek-V3 routing (technical report 2024, section 2.1.2, and the released
     inference/model.py Gate): s = sigmoid(logits); choose with s + bias; rank groups by the sum of
     their top-2 choice scores and keep `topk_groups` of them; take the top-k experts inside;
     gates = s of the chosen experts / their sum * route_scale (the bias is not in the gates).
@@ -191,9 +193,11 @@ def update_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, gamma: floa
     bias: (n_experts,) floating; tokens_per_expert: (n_experts,) counts of this step; gamma >= 0.
     """
     _need_float("bias", bias, "update_bias")
-    if bias.dim() != 1 or tokens_per_expert.shape != bias.shape:
+    if (bias.dim() != 1 or not isinstance(tokens_per_expert, torch.Tensor)
+            or tokens_per_expert.shape != bias.shape):
         raise ValueError(f"update_bias: bias and tokens_per_expert must both have shape "
-                         f"(n_experts,), got {tuple(bias.shape)} and {tuple(tokens_per_expert.shape)}")
+                         f"(n_experts,), got {tuple(bias.shape)} and "
+                         f"{tuple(getattr(tokens_per_expert, 'shape', ()))}")
     if not gamma >= 0:
         raise ValueError(f"update_bias: gamma must be >= 0, got {gamma!r}")
     load = tokens_per_expert.to(bias.dtype)
@@ -211,6 +215,8 @@ def _check_dispatch(where, x, weights, indices, experts):
         raise ValueError(f"{where}: weights must be floating with the shape of indices "
                          f"{tuple(indices.shape)}, got {weights.dtype} {tuple(weights.shape)}")
     E = len(experts)
+    if E < 1:
+        raise ValueError(f"{where}: experts must be a non-empty list of modules")
     if indices.numel() and (indices.min() < 0 or indices.max() >= E):
         raise ValueError(f"{where}: indices must lie in [0, len(experts)) = [0, {E}), "
                          f"got values in [{int(indices.min())}, {int(indices.max())}]")
@@ -246,7 +252,7 @@ def dispatch_sorted(x, weights, indices, experts):
     xs = x[token]                                               # (T·k, d) rows, grouped
     ys = torch.cat([experts[e](chunk) if len(chunk) else chunk
                     for e, chunk in enumerate(xs.split(counts))])   # (T·k, d)
-    ys = ys * weights.reshape(-1)[order, None].to(x.dtype)
+    ys = ys * weights.reshape(-1)[order, None].to(x.dtype)     # (T·k,) -> sorted (T·k, 1)
     return torch.zeros_like(x).index_add_(0, token, ys)         # (T, d)
 
 class MoE(nn.Module):
@@ -296,7 +302,7 @@ class MoE(nn.Module):
                 logits, self.k, bias=self.expert_bias, n_groups=self.n_groups,
                 topk_groups=self.topk_groups, route_scale=self.route_scale)
             s = logits.sigmoid()
-            probs = s / s.sum(-1, keepdim=True)                # V3 eq. 19's normalised s'
+            probs = s / s.sum(-1, keepdim=True)                # V3's normalised s' (its seq.-wise loss)
         if self.capacity_factor is not None:
             cap = switch_capacity(h.shape[0], self.n_experts, self.capacity_factor, self.k)
             weights = weights * capacity_keep(indices, self.n_experts, cap)
@@ -304,7 +310,7 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(h)
         self.stats = dict(probs=probs, indices=indices, weights=weights,
-                          tokens_per_expert=torch.bincount(indices.reshape(-1),
+                          tokens_per_expert=torch.bincount(indices.reshape(-1),   # (N·k,)
                                                            minlength=self.n_experts),
                           aux_loss=load_balancing_loss(probs, indices))
-        return y.reshape(x.shape)
+        return y.reshape(x.shape)                              # (..., d)
