@@ -32,7 +32,11 @@ def _source(cell) -> str:
 
 def render(nb_path: Path) -> str | None:
     """The module text for one notebook, or None when it has no #@save cell."""
-    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    try:
+        nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"export_lib: {nb_path.name} is not valid notebook JSON ({e}); "
+                         f"is it still being written?") from None
     blocks, title = [], nb_path.stem
     for cell in nb["cells"]:
         src = _source(cell)
