@@ -8,6 +8,40 @@ from __future__ import annotations
 import torch
 
 
+def _float64(x, who: str, name: str) -> torch.Tensor:
+    """``x`` as a finite float64 tensor (autograd flows through), or an error naming it."""
+    try:
+        t = torch.as_tensor(x)
+    except Exception:  # noqa: BLE001 - re-raised with the argument's name
+        raise TypeError(f"{who}: {name} must be a tensor or array of numbers, "
+                        f"got {type(x).__name__}") from None
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
+        raise TypeError(f"{who}: {name} must be a real tensor, got dtype {t.dtype}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{who}: {name} must be finite (no NaN or inf)")
+    return t
+
+
+def _stochastic(x, who: str, name: str, shape: str, ndim: int, expect=None) -> torch.Tensor:
+    """``x`` as float64 with ``ndim`` dims and shape ``expect`` (or, when ``expect`` is None, equal
+    first and last axes, as in P (S, S) or (S, A, S)); each slice along the last axis must be a
+    probability distribution. ``shape`` is the expected shape in words, for the error."""
+    t = _float64(x, who, name)
+    ok = t.ndim == ndim and (t.shape == expect if expect else t.shape[0] == t.shape[-1])
+    if not ok:
+        raise ValueError(f"{who}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if (t < 0).any():
+        raise ValueError(f"{who}: {name} holds probabilities, so it must be >= 0; "
+                         f"its smallest entry is {t.min().item():.3g}")
+    sums = t.sum(-1)
+    bad = ((sums - 1).abs() > 1e-8).nonzero()
+    if len(bad):
+        i = tuple(bad[0].tolist())
+        raise ValueError(f"{who}: each row {name}[{', '.join(map(str, i))}, :] must sum to 1 "
+                         f"(a distribution over the last axis); it sums to {sums[i].item():.6g}")
+    return t
+
 def stationary_distribution(P) -> torch.Tensor:
     """The stationary distribution π of an ergodic Markov chain: πP = π, Σπ = 1.
 
@@ -21,39 +55,6 @@ def stationary_distribution(P) -> torch.Tensor:
     b = torch.zeros(S, dtype=P.dtype)
     b[-1] = 1.0
     return torch.linalg.solve(A, b)
-
-def _float64(x, who: str, name: str) -> torch.Tensor:
-    """``x`` as a finite float64 tensor, or an error naming the argument."""
-    try:
-        t = torch.as_tensor(x).detach()
-    except Exception:  # noqa: BLE001 - re-raised with the argument's name
-        raise TypeError(f"{who}: {name} must be a tensor or array of numbers, "
-                        f"got {type(x).__name__}") from None
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
-        raise TypeError(f"{who}: {name} must be a real tensor, got dtype {t.dtype}")
-    t = t.to(torch.float64)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{who}: {name} must be finite (no NaN or inf)")
-    return t
-
-
-def _stochastic(x, who: str, name: str, shape: str, ndim: int, expect=None) -> torch.Tensor:
-    """``x`` as float64 with ``ndim`` dims (square first/last axes for P, or exactly ``expect``),
-    each slice along the last axis a probability distribution."""
-    t = _float64(x, who, name)
-    square = name == "P" and t.ndim == ndim and t.shape[0] == t.shape[-1]
-    if t.ndim != ndim or (expect is None and not square) or (expect and t.shape != expect):
-        raise ValueError(f"{who}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    if (t < 0).any():
-        raise ValueError(f"{who}: {name} holds probabilities, so it must be >= 0; "
-                         f"its smallest entry is {t.min().item():.3g}")
-    sums = t.sum(-1)
-    bad = ((sums - 1).abs() > 1e-8).nonzero()
-    if len(bad):
-        i = tuple(bad[0].tolist())
-        raise ValueError(f"{who}: each row {name}[{', '.join(map(str, i))}, :] must sum to 1 "
-                         f"(a distribution over the last axis); it sums to {sums[i].item():.6g}")
-    return t
 
 def solve_mrp(P, R, gamma: float, terminal=None) -> torch.Tensor:
     """Value of a Markov reward process in closed form: V = (I − γP)⁻¹ R.
@@ -202,7 +203,6 @@ def gridworld(rows: int, cols: int, *, gamma: float, step_reward: float = 0.0,
     mask[[r * cols + c for r, c in terminal]] = True
     return TabularMDP(P, R, gamma, mask)
 
-
 def sutton_barto_5x5(gamma: float = 0.9) -> TabularMDP:
     """Example 3.5 of Sutton & Barto (2018): A = (0, 1) → A′ = (4, 1) with +10,
     B = (0, 3) → B′ = (2, 3) with +5, −1 for a move off the grid, γ = 0.9."""
@@ -260,7 +260,7 @@ def greedy_policy(mdp: TabularMDP, v, *, tie_tol: float = 1e-6) -> torch.Tensor:
     q = q_from_v(mdp, v). Actions within ``tie_tol`` of the best share the probability evenly.
     Returns (S, A)."""
     q = q_from_v(mdp, v)
-    best = q >= q.max(1, keepdim=True).values - tie_tol        # (S, A) bool
+    best = q >= q.amax(1, keepdim=True) - tie_tol        # (S, A) bool
     return best.double() / best.sum(1, keepdim=True)
 
 
@@ -272,7 +272,7 @@ def value_iteration(mdp: TabularMDP, *, theta: float = 1e-10,
         raise ValueError(f"value_iteration: theta must be > 0, got {theta!r}")
     v, deltas = torch.zeros(mdp.S, dtype=torch.float64), []
     for _ in range(max_sweeps):
-        v_new = q_from_v(mdp, v).max(1).values
+        v_new = q_from_v(mdp, v).amax(1)
         deltas.append((v_new - v).abs().max().item())
         v = v_new
         if deltas[-1] < theta:
