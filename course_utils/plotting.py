@@ -156,6 +156,8 @@ def draw_grid(ax, values, *, title: str | None = None, fmt: str = "{:g}", cmap: 
         for (i, j), v in np.ndenumerate(a):
             if isinstance(v, (float, np.floating)) and np.isnan(v):
                 continue  # NaN cells stay blank (and need no fmt that takes NaN)
+            if isinstance(v, (float, np.floating)):
+                v = v + 0.0  # -0.0 + 0.0 == 0.0: no "-0" in a grid of values
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
                     color="white" if (cmap == "Blues" and v > mid) else COLORS["ink"])
     for i, j in highlight or ():
