@@ -29,6 +29,7 @@ What it guarantees, and why each piece is here:
 from __future__ import annotations
 
 import datetime
+import importlib
 import io
 import multiprocessing as mp
 import os
@@ -208,6 +209,10 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
 
     if sys.platform.startswith("win"):
         os.environ.setdefault("USE_LIBUV", "0")  # gloo on Windows has no libuv transport
+    if method == "fork":
+        # autograd imports this lazily (and slowly: sympy) on the first backward with an explicit
+        # gradient; importing it once here saves every forked rank from paying for it again.
+        importlib.import_module("torch.fx.experimental.symbolic_shapes")
     td = datetime.timedelta(seconds=timeout)
     store = dist.TCPStore(_HOST, 0, None, True, timeout=td, wait_for_workers=False,
                           use_libuv=not sys.platform.startswith("win"))
