@@ -82,6 +82,13 @@ def _compare(name: str, got, want, where: str, atol: float, rtol: float, hint: s
                 f"{lead}{int(bad.sum())} of {want.numel()} values are wrong; the first "
                 f"is at index {idx}: you have {g[i].item():.6g}, expected {w[i].item():.6g}.{tail}")
         return
+    if isinstance(want, (tuple, list)) and any(isinstance(w, torch.Tensor) for w in want):
+        if not isinstance(got, (tuple, list)) or len(got) != len(want):
+            raise ExerciseError(f"{lead}you returned {_describe(got)}, but a {type(want).__name__} "
+                                f"of {len(want)} results was expected.{tail}")
+        for i, (g, w) in enumerate(zip(got, want)):
+            _compare(name, g, w, f"{where} result {i}:".strip(), atol, rtol, hint)
+        return
     if isinstance(want, (set, frozenset)) and isinstance(got, (set, frozenset)):
         if got != want:
             parts = []

@@ -56,123 +56,145 @@ def stationary_distribution(P) -> torch.Tensor:
     b[-1] = 1.0
     return torch.linalg.solve(A, b)
 
-def solve_mrp(P, R, gamma: float, terminal=None) -> torch.Tensor:
+def mrp_value(P, R, gamma) -> torch.Tensor:
     """Value of a Markov reward process in closed form: V = (I − γP)⁻¹ R.
 
     The Bellman equation V = R + γPV in matrix form (Sutton & Barto, *Reinforcement Learning*,
     2nd ed., 2018, eq. 3.14 for a fixed policy; Silver, RL lecture 2). ``P`` (S, S) has rows
     summing to 1, ``R`` (S,) is the expected reward on leaving each state, 0 <= gamma <= 1.
-    States in the (S,) bool mask ``terminal`` have value 0 and are left out of the system, so
-    gamma = 1 works for episodic chains where every state reaches a terminal state.
+    gamma = 1 only for an episodic chain: terminal states (see ``terminal_states``) get value 0
+    and are left out of the system, and every other state must reach one.
     """
-    P = _stochastic(P, "solve_mrp", "P", "(S, S)", 2)
+    P = _stochastic(P, "mrp_value", "P", "(S, S)", 2)
+    R = _float64(R, "mrp_value", "R")
+    if R.shape != (P.shape[0],):
+        raise ValueError(f"mrp_value: R must have shape (S,) = ({P.shape[0]},), got {tuple(R.shape)}")
+    return _mrp_value(P, R, _gamma(gamma, "mrp_value"), "mrp_value")
+
+
+def _mrp_value(P, R, gamma: float, who: str, how: str = "") -> torch.Tensor:
+    """mrp_value on checked float64 arrays; ``how`` says, in errors, under what the chain runs."""
     S = P.shape[0]
-    R = _float64(R, "solve_mrp", "R")
-    if R.shape != (S,):
-        raise ValueError(f"solve_mrp: R must have shape (S,) = ({S},), got {tuple(R.shape)}")
-    gamma, terminal = _gamma_terminal(gamma, terminal, S, "solve_mrp")
-    keep = ~terminal
-    A = torch.eye(int(keep.sum()), dtype=P.dtype) - gamma * P[keep][:, keep]
+    if gamma < 1:                                    # I − γP is invertible: |eigenvalues of P| <= 1
+        return torch.linalg.solve(torch.eye(S, dtype=P.dtype) - gamma * P, R)
+    keep = ~_terminal(P[:, None], R[:, None])        # P as (S, 1, S), R as (S, 1); keep: (S,)
+    _episodic(P, ~keep, who, how)
     v = torch.zeros(S, dtype=P.dtype)
-    try:
-        v[keep] = torch.linalg.solve(A, R[keep])
-    except RuntimeError:  # torch.linalg.LinAlgError: exactly singular
-        raise ValueError("solve_mrp: I − γP is singular: with gamma = 1 some state never "
-                         "reaches a terminal state, so its return is unbounded") from None
+    v[keep] = torch.linalg.solve(torch.eye(int(keep.sum()), dtype=P.dtype) - P[keep][:, keep], R[keep])
     return v
 
 
-def _gamma_terminal(gamma, terminal, S: int, who: str):
-    """Check 0 <= gamma <= 1 (1 only with terminal states) and the (S,) bool terminal mask."""
+def _gamma(gamma, who: str) -> float:
+    """gamma as a float, or an error if it is not a number in [0, 1]."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
         raise ValueError(f"{who}: gamma must be a number in [0, 1], got {gamma!r}")
-    if terminal is None:
-        terminal = torch.zeros(S, dtype=torch.bool)
-    terminal = torch.as_tensor(terminal)
-    if terminal.dtype != torch.bool or terminal.shape != (S,):
-        raise ValueError(f"{who}: terminal must be a bool mask of shape (S,) = ({S},), "
-                         f"got dtype {terminal.dtype} and shape {tuple(terminal.shape)}")
-    if gamma == 1 and not terminal.any():
-        raise ValueError(f"{who}: gamma = 1 is only allowed for an episodic problem: mark its "
-                         f"terminal states with terminal=<(S,) bool mask>; a continuing task "
-                         f"needs 0 <= gamma < 1")
-    return float(gamma), terminal
+    return float(gamma)
 
-from dataclasses import dataclass
+def terminal_states(P, R) -> torch.Tensor:
+    """(S,) bool mask of the terminal states that ``P`` and ``R`` describe: absorbing (P[s, s] = 1,
+    or P[s, a, s] = 1 for every action a) with zero reward (R[s] = 0, or R[s, a] = 0 for every a);
+    Sutton & Barto (2018), §3.4. Takes an MRP, P (S, S) and R (S,), or an MDP, P (S, A, S), R (S, A)."""
+    mrp = _float64(P, "terminal_states", "P").ndim == 2
+    P = _stochastic(P, "terminal_states", "P", "(S, S) or (S, A, S)", 2 if mrp else 3)
+    want = P.shape[:1] if mrp else P.shape[:2]
+    R = _float64(R, "terminal_states", "R")
+    if R.shape != want:
+        raise ValueError(f"terminal_states: R must have shape {'(S,)' if mrp else '(S, A)'} = "
+                         f"{tuple(want)}, got {tuple(R.shape)}")
+    return _terminal(P[:, None], R[:, None]) if mrp else _terminal(P, R)   # MRP as (S, 1, S)
 
 
-@dataclass(frozen=True, eq=False)
-class TabularMDP:
-    """A finite MDP ⟨S, A, P, R, γ⟩ (Sutton & Barto 2018, §3.1; eqs. 3.4–3.5 averaged over r).
+def _terminal(P, R) -> torch.Tensor:
+    """terminal_states on checked arrays P (S, A, S) and R (S, A)."""
+    stay = P.diagonal(dim1=0, dim2=2).T               # (S, A): P[s, a, s]
+    return ((stay > 1 - 1e-8) & (R.abs() <= 1e-12)).all(1)
 
-    P: (S, A, S), P[s, a, s'] = p(s' | s, a), each P[s, a, :] sums to 1.
-    R: (S, A), R[s, a] = E[R_{t+1} | S_t = s, A_t = a].
-    gamma: 0 <= gamma <= 1; gamma = 1 only for an episodic task (some terminal state).
-    terminal: optional (S,) bool mask; terminal states are absorbing with zero reward.
-    Inputs are converted to float64; bad shapes or ranges raise ValueError naming them.
+
+def _episodic(P2, terminal, who: str, how: str = "") -> None:
+    """For gamma = 1: some state is terminal, and from every state a path of steps with
+    P2[s, s'] > 0 (P2 is (S, S)) reaches a terminal state."""
+    if not terminal.any():
+        raise ValueError(f"{who}: gamma = 1 is only allowed for an episodic problem, which needs a "
+                         f"terminal state (one it never leaves, with zero reward: see "
+                         f"terminal_states); this one has none, so its returns can be infinite: "
+                         f"use 0 <= gamma < 1")
+    reach = terminal.clone()
+    for _ in range(len(reach)):                        # grow backwards from the terminal states
+        reach = reach | (P2[:, reach] > 0).any(1)
+    if not reach.all():
+        s = int((~reach).nonzero()[0])
+        raise ValueError(f"{who}: with gamma = 1 every state must reach a terminal state{how}, "
+                         f"but state {s} never reaches one, so its return need not be finite")
+
+from typing import NamedTuple
+
+
+class MDP(NamedTuple):
+    """A finite MDP ⟨S, A, P, R, γ⟩ as arrays (Sutton & Barto 2018, §3.1; eqs. 3.4–3.5 averaged
+    over r); unpacks as ``P, R, gamma = mdp``.
+
+    P: (S, A, S) float64, P[s, a, s'] = p(s' | s, a), each P[s, a, :] sums to 1.
+    R: (S, A) float64, R[s, a] = E[R_{t+1} | S_t = s, A_t = a].
+    gamma: 0 <= gamma <= 1; gamma = 1 only for an episodic task (see ``terminal_states``).
     """
     P: torch.Tensor
     R: torch.Tensor
     gamma: float
-    terminal: torch.Tensor | None = None
-
-    def __post_init__(self):
-        P = _stochastic(self.P, "TabularMDP", "P", "(S, A, S) with P[s, a, s'] = p(s' | s, a)", 3)
-        S, A = P.shape[:2]
-        R = _float64(self.R, "TabularMDP", "R")
-        if R.shape != (S, A):
-            raise ValueError(f"TabularMDP: R must have shape (S, A) = ({S}, {A}), "
-                             f"got {tuple(R.shape)}")
-        gamma, terminal = _gamma_terminal(self.gamma, self.terminal, S, "TabularMDP")
-        for t in terminal.nonzero().flatten().tolist():
-            if not (P[t, :, t] == 1).all() or (R[t] != 0).any():
-                raise ValueError(f"TabularMDP: terminal state {t} must be absorbing with zero "
-                                 f"reward: P[{t}, a, {t}] = 1 and R[{t}, a] = 0 for every a")
-        for k, v in dict(P=P, R=R, gamma=gamma, terminal=terminal).items():
-            object.__setattr__(self, k, v)
-
-    @property
-    def S(self) -> int:
-        return self.P.shape[0]
-
-    @property
-    def A(self) -> int:
-        return self.P.shape[1]
-
-def uniform_policy(mdp: TabularMDP) -> torch.Tensor:
-    """The equiprobable random policy π(a | s) = 1/|A|, shape (S, A)."""
-    return torch.full((mdp.S, mdp.A), 1.0 / mdp.A, dtype=torch.float64)
 
 
-def _policy(mdp: TabularMDP, pi, who: str) -> torch.Tensor:
-    """Check that ``pi`` is an (S, A) policy: π(a | s) >= 0 with Σ_a π(a | s) = 1."""
-    return _stochastic(pi, who, "pi", f"(S, A) = ({mdp.S}, {mdp.A})", 2, (mdp.S, mdp.A))
+def _mdp(P, R, gamma, who: str):
+    """P (S, A, S) and R (S, A) as checked float64 tensors and gamma as a float in [0, 1]; with
+    gamma = 1 the MDP must have a terminal state that every state can reach under some policy."""
+    P = _stochastic(P, who, "P", "(S, A, S) with P[s, a, s'] = p(s' | s, a)", 3)
+    S, A = P.shape[:2]
+    R = _float64(R, who, "R")
+    if R.shape != (S, A):
+        raise ValueError(f"{who}: R must have shape (S, A) = ({S}, {A}), got {tuple(R.shape)}")
+    gamma = _gamma(gamma, who)
+    if gamma == 1:
+        _episodic(P.sum(1), _terminal(P, R), who, " under some policy")   # P.sum(1): (S, S)
+    return P, R, gamma
+
+def uniform_policy(S: int, A: int) -> torch.Tensor:
+    """The equiprobable random policy π(a | s) = 1/A, shape (S, A)."""
+    if not (isinstance(S, int) and isinstance(A, int) and S >= 1 and A >= 1):
+        raise ValueError(f"uniform_policy: S and A must be ints >= 1, got {S!r} and {A!r}")
+    return torch.full((S, A), 1.0 / A, dtype=torch.float64)
 
 
-def induced_mrp(mdp: TabularMDP, pi) -> tuple[torch.Tensor, torch.Tensor]:
+def _policy(policy, S: int, A: int, who: str) -> torch.Tensor:
+    """Check that ``policy`` is (S, A) with π(a | s) >= 0 and Σ_a π(a | s) = 1."""
+    return _stochastic(policy, who, "policy", f"(S, A) = ({S}, {A})", 2, (S, A))
+
+
+def induced_mrp(P, R, policy) -> tuple[torch.Tensor, torch.Tensor]:
     """The MRP a policy induces: P^π[s, s'] = Σ_a π(a|s) P[s, a, s'] (S, S) and
     R^π[s] = Σ_a π(a|s) R[s, a] (S,)  (Sutton & Barto 2018, §3.5; Silver, RL lecture 2)."""
-    pi = _policy(mdp, pi, "induced_mrp")
-    return torch.einsum("sa,sat->st", pi, mdp.P), (pi * mdp.R).sum(1)
+    P, R, _ = _mdp(P, R, 0.0, "induced_mrp")
+    policy = _policy(policy, *R.shape, "induced_mrp")
+    return torch.einsum("sa,sat->st", policy, P), (policy * R).sum(1)
 
 
-def evaluate_policy(mdp: TabularMDP, pi) -> torch.Tensor:
-    """v_π exactly, (S,): the induced MRP solved in closed form, (I − γP^π)⁻¹ R^π."""
-    P_pi, R_pi = induced_mrp(mdp, pi)
-    return solve_mrp(P_pi, R_pi, mdp.gamma, mdp.terminal)
+def policy_value(P, R, gamma, policy) -> torch.Tensor:
+    """v_π exactly, (S,): the induced MRP solved in closed form, (I − γP^π)⁻¹ R^π. With gamma = 1
+    every state must reach a terminal state under the policy."""
+    P, R, gamma = _mdp(P, R, gamma, "policy_value")
+    policy = _policy(policy, *R.shape, "policy_value")
+    P_pi, R_pi = torch.einsum("sa,sat->st", policy, P), (policy * R).sum(1)
+    return _mrp_value(P_pi, R_pi, gamma, "policy_value", " under the policy")
 
 ACTIONS = ("up", "down", "left", "right")
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
 def gridworld(rows: int, cols: int, *, gamma: float, step_reward: float = 0.0,
-              off_grid_reward: float = -1.0, jumps=None, terminal=()) -> TabularMDP:
+              off_grid_reward: float = -1.0, jumps=None, terminal=()) -> MDP:
     """A deterministic grid MDP in the style of Sutton & Barto (2018), Examples 3.5 and 4.1.
 
     State s = r * cols + c; actions ``ACTIONS`` (up, down, left, right). A move off the grid
     leaves the state unchanged and earns ``off_grid_reward``; other moves earn ``step_reward``.
     ``jumps`` maps a cell (r, c) to ((r2, c2), reward): every action there jumps to (r2, c2).
-    ``terminal`` lists absorbing cells (zero reward, value 0).
+    ``terminal`` lists absorbing cells (zero reward, value 0). Returns ``MDP(P, R, gamma)``.
     """
     if not (isinstance(rows, int) and isinstance(cols, int) and rows >= 1 and cols >= 1):
         raise ValueError(f"gridworld: rows and cols must be ints >= 1, got {rows!r} and {cols!r}")
@@ -199,109 +221,141 @@ def gridworld(rows: int, cols: int, *, gamma: float, step_reward: float = 0.0,
                     P[s, a, (r + dr) * cols + c + dc], R[s, a] = 1.0, step_reward
                 else:
                     P[s, a, s], R[s, a] = 1.0, off_grid_reward
-    mask = torch.zeros(S, dtype=torch.bool)
-    mask[[r * cols + c for r, c in terminal]] = True
-    return TabularMDP(P, R, gamma, mask)
+    return MDP(*_mdp(P, R, gamma, "gridworld"))          # checks gamma (1 only if episodic)
 
-def sutton_barto_5x5(gamma: float = 0.9) -> TabularMDP:
+def sutton_barto_5x5(gamma: float = 0.9) -> MDP:
     """Example 3.5 of Sutton & Barto (2018): A = (0, 1) → A′ = (4, 1) with +10,
     B = (0, 3) → B′ = (2, 3) with +5, −1 for a move off the grid, γ = 0.9."""
     return gridworld(5, 5, gamma=gamma, jumps={(0, 1): ((4, 1), 10.0), (0, 3): ((2, 3), 5.0)})
 
 
-def sutton_barto_4x4() -> TabularMDP:
+def sutton_barto_4x4() -> MDP:
     """Example 4.1 of Sutton & Barto (2018): −1 per move, terminal corners (0, 0) and (3, 3),
     undiscounted (γ = 1)."""
     return gridworld(4, 4, gamma=1.0, step_reward=-1.0, off_grid_reward=-1.0,
                      terminal=[(0, 0), (3, 3)])
 
-def q_from_v(mdp: TabularMDP, v) -> torch.Tensor:
-    """q(s, a) = R[s, a] + γ Σ_s' P[s, a, s'] v(s'), shape (S, A)
-    (Sutton & Barto 2018, eq. 4.6; a one-step lookahead from state values ``v`` (S,))."""
-    v = _float64(v, "q_from_v", "v")
-    if v.shape != (mdp.S,):
-        raise ValueError(f"q_from_v: v must have shape (S,) = ({mdp.S},), got {tuple(v.shape)}")
-    return mdp.R + mdp.gamma * torch.einsum("sat,t->sa", mdp.P, v)
+def q_from_v(P, R, gamma, V) -> torch.Tensor:
+    """Q(s, a) = R[s, a] + γ Σ_s' P[s, a, s'] V(s'), shape (S, A)
+    (Sutton & Barto 2018, eq. 4.6; a one-step lookahead from state values ``V`` (S,))."""
+    P, R, gamma = _mdp(P, R, gamma, "q_from_v")
+    return _q(P, R, gamma, _values(V, P.shape[0], "q_from_v"))
 
 
-def v_from_q(mdp: TabularMDP, pi, q) -> torch.Tensor:
-    """v(s) = Σ_a π(a|s) q(s, a), shape (S,)  (Sutton & Barto 2018, Exercise 3.12)."""
-    pi = _policy(mdp, pi, "v_from_q")
-    q = _float64(q, "v_from_q", "q")
-    if q.shape != (mdp.S, mdp.A):
-        raise ValueError(f"v_from_q: q must have shape (S, A) = ({mdp.S}, {mdp.A}), "
-                         f"got {tuple(q.shape)}")
-    return (pi * q).sum(1)
+def _q(P, R, gamma: float, V) -> torch.Tensor:
+    """q_from_v on checked arrays."""
+    return R + gamma * torch.einsum("sat,t->sa", P, V)
 
-def policy_evaluation(mdp: TabularMDP, pi, *, theta: float = 1e-10,
-                      max_sweeps: int = 100_000) -> tuple[torch.Tensor, list[float]]:
-    """Iterative policy evaluation (Sutton & Barto 2018, eq. 4.5), synchronous sweeps
-    v_{k+1} = R^π + γ P^π v_k from v_0 = 0 until max|v_{k+1} − v_k| < theta.
 
-    Returns v_π (S,) and the list of max|Δv| per sweep. Raises RuntimeError if it has not
-    converged after ``max_sweeps`` (with gamma = 1: some state never terminates under π).
+def _values(V, S: int, who: str) -> torch.Tensor:
+    """Check that ``V`` is an (S,) vector of state values."""
+    V = _float64(V, who, "V")
+    if V.shape != (S,):
+        raise ValueError(f"{who}: V must have shape (S,) = ({S},), got {tuple(V.shape)}")
+    return V
+
+
+def v_from_q(policy, Q) -> torch.Tensor:
+    """V(s) = Σ_a π(a|s) Q(s, a), shape (S,)  (Sutton & Barto 2018, Exercise 3.12);
+    ``policy`` and ``Q`` are both (S, A)."""
+    Q = _float64(Q, "v_from_q", "Q")
+    if Q.ndim != 2:
+        raise ValueError(f"v_from_q: Q must have shape (S, A), got {tuple(Q.shape)}")
+    policy = _stochastic(policy, "v_from_q", "policy", f"(S, A) = {tuple(Q.shape)}, like Q", 2,
+                         Q.shape)
+    return (policy * Q).sum(1)
+
+def policy_evaluation(P, R, gamma, policy, *, tol: float = 1e-10, max_sweeps: int = 100_000,
+                      return_deltas: bool = False):
+    """Iterative policy evaluation (Sutton & Barto 2018, eq. 4.5; their θ is ``tol``), synchronous
+    sweeps v_{k+1} = R^π + γ P^π v_k from v_0 = 0 until max|v_{k+1} − v_k| < tol.
+
+    Returns v_π (S,), or (v_π, max|Δv| per sweep) with ``return_deltas=True``. With gamma = 1
+    every state must reach a terminal state under the policy. Raises RuntimeError if it has not
+    converged after ``max_sweeps``.
     """
-    if not theta > 0:
-        raise ValueError(f"policy_evaluation: theta must be > 0, got {theta!r}")
-    P_pi, R_pi = induced_mrp(mdp, pi)
-    v, deltas = torch.zeros(mdp.S, dtype=torch.float64), []
+    P, R, gamma = _mdp(P, R, gamma, "policy_evaluation")
+    policy = _policy(policy, *R.shape, "policy_evaluation")
+    _tol(tol, "policy_evaluation")
+    P_pi, R_pi = torch.einsum("sa,sat->st", policy, P), (policy * R).sum(1)
+    if gamma == 1:
+        _episodic(P_pi, _terminal(P_pi[:, None], R_pi[:, None]), "policy_evaluation",
+                  " under the policy")                                  # as (S, 1, S) and (S, 1)
+    v, deltas = torch.zeros(P.shape[0], dtype=torch.float64), []
     for _ in range(max_sweeps):
-        v_new = R_pi + mdp.gamma * P_pi @ v
+        v_new = R_pi + gamma * P_pi @ v
         deltas.append((v_new - v).abs().max().item())
         v = v_new
-        if deltas[-1] < theta:
-            return v, deltas
-    raise RuntimeError(f"policy_evaluation: max|Δv| = {deltas[-1]:.3g} is still >= theta = "
-                       f"{theta} after {max_sweeps} sweeps; with gamma = 1 every state must "
-                       f"reach a terminal state under the policy")
+        if deltas[-1] < tol:
+            return (v, deltas) if return_deltas else v
+    raise RuntimeError(f"policy_evaluation: max|Δv| = {deltas[-1]:.3g} is still >= tol = "
+                       f"{tol} after {max_sweeps} sweeps")
 
-def greedy_policy(mdp: TabularMDP, v, *, tie_tol: float = 1e-6) -> torch.Tensor:
-    """The greedy policy of Sutton & Barto (2018), eq. 4.9: π'(s) = argmax_a q(s, a) with
-    q = q_from_v(mdp, v). Actions within ``tie_tol`` of the best share the probability evenly.
-    Returns (S, A)."""
-    q = q_from_v(mdp, v)
+
+def _tol(tol, who: str) -> None:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"{who}: tol must be a number > 0, got {tol!r}")
+
+def greedy_policy(P, R, gamma, V, *, tie_tol: float = 1e-6) -> torch.Tensor:
+    """The greedy policy of Sutton & Barto (2018), eq. 4.9: π'(s) = argmax_a Q(s, a) with
+    Q = q_from_v(P, R, gamma, V). Actions within ``tie_tol`` of the best share the probability
+    evenly. Returns (S, A)."""
+    P, R, gamma = _mdp(P, R, gamma, "greedy_policy")
+    return _greedy(_q(P, R, gamma, _values(V, P.shape[0], "greedy_policy")), tie_tol)
+
+
+def _greedy(q, tie_tol: float) -> torch.Tensor:
     best = q >= q.amax(1, keepdim=True) - tie_tol        # (S, A) bool
     return best.double() / best.sum(1, keepdim=True)
 
 
-def value_iteration(mdp: TabularMDP, *, theta: float = 1e-10,
-                    max_sweeps: int = 100_000) -> tuple[torch.Tensor, list[float]]:
-    """Value iteration (Sutton & Barto 2018, eq. 4.10): v_{k+1}(s) = max_a q_k(s, a) with
-    q_k = R + γ P v_k, from v_0 = 0 until max|Δv| < theta. Returns v* (S,) and max|Δv| per sweep."""
-    if not theta > 0:
-        raise ValueError(f"value_iteration: theta must be > 0, got {theta!r}")
-    v, deltas = torch.zeros(mdp.S, dtype=torch.float64), []
+def value_iteration(P, R, gamma, *, tol: float = 1e-10, max_sweeps: int = 100_000,
+                    tie_tol: float = 1e-6, return_deltas: bool = False):
+    """Value iteration (Sutton & Barto 2018, eq. 4.10; their θ is ``tol``): v_{k+1}(s) =
+    max_a q_k(s, a) with q_k = R + γ P v_k, from v_0 = 0 until max|Δv| < tol.
+
+    Returns (V*, greedy policy) with V* (S,) and the policy (S, A) of ``greedy_policy``, or
+    (V*, policy, max|Δv| per sweep) with ``return_deltas=True``.
+    """
+    P, R, gamma = _mdp(P, R, gamma, "value_iteration")
+    _tol(tol, "value_iteration")
+    v, deltas = torch.zeros(P.shape[0], dtype=torch.float64), []
     for _ in range(max_sweeps):
-        v_new = q_from_v(mdp, v).amax(1)
+        v_new = _q(P, R, gamma, v).amax(1)
         deltas.append((v_new - v).abs().max().item())
         v = v_new
-        if deltas[-1] < theta:
-            return v, deltas
-    raise RuntimeError(f"value_iteration: max|Δv| = {deltas[-1]:.3g} is still >= theta = "
-                       f"{theta} after {max_sweeps} sweeps")
+        if deltas[-1] < tol:
+            policy = _greedy(_q(P, R, gamma, v), tie_tol)
+            return (v, policy, deltas) if return_deltas else (v, policy)
+    raise RuntimeError(f"value_iteration: max|Δv| = {deltas[-1]:.3g} is still >= tol = "
+                       f"{tol} after {max_sweeps} sweeps")
 
-def policy_iteration(mdp: TabularMDP, pi=None, *, max_iters: int = 1000,
-                     tie_tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def policy_iteration(P, R, gamma, *, policy=None, max_iters: int = 1000, tie_tol: float = 1e-6,
+                     return_history: bool = False):
     """Policy iteration (Sutton & Barto 2018, §4.3): exact evaluation (closed form), then the
-    greedy improvement of eq. 4.9, until the policy is stable. Starts from ``pi`` (S, A) or the
-    uniform policy (with gamma = 1 it must reach a terminal state from everywhere).
+    greedy improvement of eq. 4.9, until the policy is stable. Starts from ``policy`` (S, A) or
+    the uniform policy (with gamma = 1 it must reach a terminal state from everywhere).
 
-    Returns v* (S,), the final greedy policy (S, A), and v_π of every policy visited.
+    Returns (V*, policy): V* (S,) and the final greedy policy (S, A); with
+    ``return_history=True`` also the list of v_π of every policy visited.
     """
-    pi = uniform_policy(mdp) if pi is None else _policy(mdp, pi, "policy_iteration")
+    P, R, gamma = _mdp(P, R, gamma, "policy_iteration")
+    S, A = R.shape
+    pi = uniform_policy(S, A) if policy is None else _policy(policy, S, A, "policy_iteration")
     history = []
     for _ in range(max_iters):
-        history.append(evaluate_policy(mdp, pi))
-        new = greedy_policy(mdp, history[-1], tie_tol=tie_tol)
+        P_pi, R_pi = torch.einsum("sa,sat->st", pi, P), (pi * R).sum(1)
+        history.append(_mrp_value(P_pi, R_pi, gamma, "policy_iteration", " under the policy"))
+        new = _greedy(_q(P, R, gamma, history[-1]), tie_tol)
         if torch.equal(new, pi):
-            return history[-1], pi, history
+            return (history[-1], pi, history) if return_history else (history[-1], pi)
         pi = new
     raise RuntimeError(f"policy_iteration: the policy still changed after {max_iters} iterations")
 
-def random_mdp(S: int, A: int, gamma: float = 0.9, seed: int = 0) -> TabularMDP:
-    """A random MDP for tests: P[s, a, :] ~ softmax of Gaussian logits, R ~ N(0, 1)."""
+def random_mdp(S: int, A: int, gamma: float = 0.9, seed: int = 0) -> MDP:
+    """A random MDP(P, R, gamma) for tests: P[s, a, :] ~ softmax of Gaussian logits, R ~ N(0, 1)."""
     if not (isinstance(S, int) and isinstance(A, int) and S >= 1 and A >= 1):
         raise ValueError(f"random_mdp: S and A must be ints >= 1, got {S!r} and {A!r}")
     g = torch.Generator().manual_seed(seed)
     P = torch.randn(S, A, S, generator=g, dtype=torch.float64).mul(2).softmax(-1)
-    return TabularMDP(P, torch.randn(S, A, generator=g, dtype=torch.float64), gamma)
+    return MDP(*_mdp(P, torch.randn(S, A, generator=g, dtype=torch.float64), gamma, "random_mdp"))

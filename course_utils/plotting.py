@@ -150,16 +150,17 @@ def draw_grid(ax, values, *, title: str | None = None, fmt: str = "{:g}", cmap: 
         a = a[None, :]
     if a.ndim != 2:
         raise ValueError(f"draw_grid: values must be 1-D or 2-D, got shape {a.shape}")
-    ax.imshow(a.astype(float), cmap=cmap, vmin=vmin, vmax=vmax, aspect="equal")
+    image = ax.imshow(a.astype(float), cmap=cmap, vmin=vmin, vmax=vmax, aspect="equal")
     if annotate:
-        mid = (np.nanmax(a) + np.nanmin(a)) / 2 if a.size else 0
         for (i, j), v in np.ndenumerate(a):
             if isinstance(v, (float, np.floating)) and np.isnan(v):
                 continue  # NaN cells stay blank (and need no fmt that takes NaN)
             if isinstance(v, (float, np.floating)):
                 v = v + 0.0  # -0.0 + 0.0 == 0.0: no "-0" in a grid of values
+            r, g, b, _ = image.cmap(image.norm(float(v)))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5   # perceived luminance of the cell
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
-                    color="white" if (cmap == "Blues" and v > mid) else COLORS["ink"])
+                    color="white" if dark else COLORS["ink"])
     for i, j in highlight or ():
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec=COLORS["red"], lw=2))
     ax.set_xticks(range(a.shape[1]))

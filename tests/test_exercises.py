@@ -115,3 +115,12 @@ def test_learner_notebook_fails_only_at_exercise_cells(path, tmp_path):
         else:
             assert not is_exercise, f"{path.name}: an exercise stub did not fail:\n{cell.source[:300]}"
     assert failed == names
+
+
+def test_tuples_of_tensors_are_compared_element_by_element():
+    ref = lambda x: (2 * x, x.sum())  # noqa: E731
+    check_function("Exercise 9.5", ref, [(torch.ones(3),)], ref)
+    with pytest.raises(ExerciseError, match=r"result 1: your result has shape \(3,\)"):
+        check_function("Exercise 9.5", lambda x: (2 * x, x), [(torch.ones(3),)], ref)
+    with pytest.raises(ExerciseError, match="a tuple of 2 results was expected"):
+        check_function("Exercise 9.5", lambda x: 2 * x, [(torch.ones(3),)], ref)

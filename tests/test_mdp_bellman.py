@@ -30,11 +30,12 @@ def random_policy(S, A, seed=0):
     return p / p.sum(1, keepdim=True)
 
 
-def loops_q(mdp, v):
+def loops_q(P, R, gamma, v):
     """q(s, a) = R[s, a] + γ Σ_s' P[s, a, s'] v(s') with Python loops."""
-    return torch.tensor([[mdp.R[s, a].item() + mdp.gamma * sum(mdp.P[s, a, t].item() * v[t].item()
-                                                               for t in range(mdp.S))
-                          for a in range(mdp.A)] for s in range(mdp.S)], dtype=f64)
+    S, A = R.shape
+    return torch.tensor([[R[s, a].item() + gamma * sum(P[s, a, t].item() * v[t].item()
+                                                       for t in range(S))
+                          for a in range(A)] for s in range(S)], dtype=f64)
 
 
 # ---- closed form vs iteration -----------------------------------------------------------------
@@ -42,30 +43,32 @@ def loops_q(mdp, v):
 @pytest.mark.parametrize("S, A", SIZES)
 @pytest.mark.parametrize("gamma", GAMMAS)
 def test_policy_evaluation_closed_form_vs_iteration(S, A, gamma):
-    mdp = mb.random_mdp(S, A, gamma, seed=S * 10 + A)
+    P, R, g = mb.random_mdp(S, A, gamma, seed=S * 10 + A)
     pi = random_policy(S, A, seed=S)
-    exact = mb.evaluate_policy(mdp, pi)
-    P_pi, R_pi = mb.induced_mrp(mdp, pi)
+    exact = mb.policy_value(P, R, g, pi)
+    P_pi, R_pi = mb.induced_mrp(P, R, pi)
     ref = torch.linalg.inv(torch.eye(S, dtype=f64) - gamma * P_pi) @ R_pi
     assert_close(exact, ref, atol=1e-10, rtol=1e-10)
-    v, deltas = mb.policy_evaluation(mdp, pi, theta=1e-12)
+    assert_close(mb.mrp_value(P_pi, R_pi, gamma), exact, atol=1e-12, rtol=0)
+    v, deltas = mb.policy_evaluation(P, R, g, pi, tol=1e-12, return_deltas=True)
+    assert_close(mb.policy_evaluation(P, R, g, pi, tol=1e-12), v, atol=0, rtol=0)
     assert_close(v, exact, atol=1e-9, rtol=0)
     assert all(b <= gamma * a + 1e-12 for a, b in zip(deltas, deltas[1:]))   # γ-contraction
 
 
 def test_induced_mrp_matches_loops():
-    mdp, pi = mb.random_mdp(4, 3, 0.9, seed=5), random_policy(4, 3, seed=6)
-    P_pi, R_pi = mb.induced_mrp(mdp, pi)
+    (P, R, _), pi = mb.random_mdp(4, 3, 0.9, seed=5), random_policy(4, 3, seed=6)
+    P_pi, R_pi = mb.induced_mrp(P, R, pi)
     for s in range(4):
-        assert_close(R_pi[s], sum(pi[s, a] * mdp.R[s, a] for a in range(3)))
+        assert_close(R_pi[s], sum(pi[s, a] * R[s, a] for a in range(3)))
         for t in range(4):
-            assert_close(P_pi[s, t], sum(pi[s, a] * mdp.P[s, a, t] for a in range(3)))
+            assert_close(P_pi[s, t], sum(pi[s, a] * P[s, a, t] for a in range(3)))
     assert_close(P_pi.sum(1), torch.ones(4, dtype=f64))
 
 
-def test_solve_mrp_takes_float32_and_ints_and_returns_float64():
+def test_mrp_value_takes_float32_and_ints_and_returns_float64():
     P = torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=torch.float32)
-    v = mb.solve_mrp(P, torch.tensor([1, -2]), 0.9)
+    v = mb.mrp_value(P, torch.tensor([1, -2]), 0.9)
     assert v.dtype == f64
     ref = torch.linalg.solve(torch.eye(2, dtype=f64) - 0.9 * P.double(), torch.tensor([1.0, -2.0], dtype=f64))
     assert_close(v, ref)
@@ -73,7 +76,7 @@ def test_solve_mrp_takes_float32_and_ints_and_returns_float64():
 
 def test_stationary_distribution_vs_eigenvector_and_long_run():
     for seed, S in [(0, 1), (1, 3), (2, 8)]:
-        P = mb.random_mdp(S, 1, seed=seed).P[:, 0]                   # (S, S) a random chain
+        P = mb.random_mdp(S, 1, seed=seed).P[:, 0]                   # (S, S): a random chain
         pi = mb.stationary_distribution(P)
         evals, evecs = torch.linalg.eig(P.T)
         k = int((evals - 1).abs().argmin())
@@ -85,27 +88,31 @@ def test_stationary_distribution_vs_eigenvector_and_long_run():
 # ---- Sutton & Barto's tables ------------------------------------------------------------------
 
 def test_figure_3_2_random_policy_5x5():
-    mdp = mb.sutton_barto_5x5()
-    v = mb.evaluate_policy(mdp, mb.uniform_policy(mdp)).view(5, 5)
+    P, R, gamma = mb.sutton_barto_5x5()
+    v = mb.policy_value(P, R, gamma, mb.uniform_policy(25, 4)).view(5, 5)         # (5, 5)
     assert_close(v, FIG_3_2, atol=0.05 + 1e-9, rtol=0)          # printed to one decimal
+    v_it = mb.policy_evaluation(P, R, gamma, mb.uniform_policy(25, 4)).view(5, 5)  # (5, 5)
+    assert_close(v_it, FIG_3_2, atol=0.05 + 1e-9, rtol=0)
 
 
 def test_figure_3_5_optimal_5x5():
-    v, _ = mb.value_iteration(mb.sutton_barto_5x5())
+    v, _ = mb.value_iteration(*mb.sutton_barto_5x5())
     assert_close(v.view(5, 5), FIG_3_5, atol=0.05 + 1e-9, rtol=0)
+    v_pi, _ = mb.policy_iteration(*mb.sutton_barto_5x5())
+    assert_close(v_pi.view(5, 5), FIG_3_5, atol=0.05 + 1e-9, rtol=0)
 
 
 def test_figure_4_1_random_policy_4x4():
-    mdp = mb.sutton_barto_4x4()
-    assert_close(mb.evaluate_policy(mdp, mb.uniform_policy(mdp)).view(4, 4), FIG_4_1,
+    P, R, gamma = mb.sutton_barto_4x4()
+    assert_close(mb.policy_value(P, R, gamma, mb.uniform_policy(16, 4)).view(4, 4), FIG_4_1,
                  atol=1e-9, rtol=0)
-    v_it, _ = mb.policy_evaluation(mdp, mb.uniform_policy(mdp))
+    v_it = mb.policy_evaluation(P, R, gamma, mb.uniform_policy(16, 4))
     assert_close(v_it.view(4, 4), FIG_4_1, atol=1e-8, rtol=0)
 
 
 def test_exercise_4_1_q_values_4x4():
-    mdp = mb.sutton_barto_4x4()
-    q = mb.q_from_v(mdp, mb.evaluate_policy(mdp, mb.uniform_policy(mdp)))
+    P, R, gamma = mb.sutton_barto_4x4()
+    q = mb.q_from_v(P, R, gamma, mb.policy_value(P, R, gamma, mb.uniform_policy(16, 4)))
     down = mb.ACTIONS.index("down")
     assert_close(q[11, down], torch.tensor(-1.0, dtype=f64))
     assert_close(q[7, down], torch.tensor(-15.0, dtype=f64))
@@ -115,25 +122,26 @@ def test_exercise_4_1_q_values_4x4():
 
 @pytest.mark.parametrize("S, A", SIZES)
 def test_q_from_v_and_v_from_q(S, A):
-    mdp, pi = mb.random_mdp(S, A, 0.8, seed=3), random_policy(S, A, seed=4)
-    v = mb.evaluate_policy(mdp, pi)
+    (P, R, gamma), pi = mb.random_mdp(S, A, 0.8, seed=3), random_policy(S, A, seed=4)
+    v = mb.policy_value(P, R, gamma, pi)
     # q_π solved on its own: q = R + γ M q over state-action pairs, M[(s,a),(s',a')] = P π
-    M = torch.einsum("sat,tb->satb", mdp.P, pi).reshape(S * A, S * A)       # (SA, SA)
-    q = torch.linalg.solve(torch.eye(S * A, dtype=f64) - 0.8 * M, mdp.R.reshape(-1)).view(S, A)
-    assert_close(mb.q_from_v(mdp, v), q)
-    assert_close(mb.q_from_v(mdp, v), loops_q(mdp, v))
-    assert_close(mb.v_from_q(mdp, pi, q), v)
+    M = torch.einsum("sat,tb->satb", P, pi).reshape(S * A, S * A)           # (SA, SA)
+    q = torch.linalg.solve(torch.eye(S * A, dtype=f64) - 0.8 * M, R.reshape(-1)).view(S, A)  # (S, A)
+    assert_close(mb.q_from_v(P, R, gamma, v), q)
+    assert_close(mb.q_from_v(P, R, gamma, v), loops_q(P, R, gamma, v))
+    assert_close(mb.v_from_q(pi, q), v)
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("S, A", [(1, 2), (6, 3), (11, 4)])
 def test_policy_iteration_agrees_with_value_iteration(S, A, seed):
     mdp = mb.random_mdp(S, A, 0.9, seed=seed)
-    v_vi, _ = mb.value_iteration(mdp, theta=1e-12)
-    v_pi, pi, history = mb.policy_iteration(mdp)
+    v_vi, pi_vi = mb.value_iteration(*mdp, tol=1e-12)
+    v_pi, pi, history = mb.policy_iteration(*mdp, return_history=True)
     assert_close(v_pi, v_vi, atol=1e-9, rtol=0)
-    assert torch.equal(mb.greedy_policy(mdp, v_vi), pi)
-    assert_close(mb.q_from_v(mdp, v_vi).amax(1), v_vi, atol=1e-9, rtol=0)   # Bellman optimality
+    assert torch.equal(mb.greedy_policy(*mdp, v_vi), pi)
+    assert torch.equal(pi_vi, pi)
+    assert_close(mb.q_from_v(*mdp, v_vi).amax(1), v_vi, atol=1e-9, rtol=0)   # Bellman optimality
     for a, b in zip(history, history[1:]):                                        # improvement theorem
         assert bool((b >= a - 1e-9).all())
 
@@ -142,8 +150,8 @@ def test_policy_iteration_agrees_with_value_iteration(S, A, seed):
 def test_no_deterministic_policy_beats_v_star(S, A, seed):
     """Brute force over all A**S deterministic policies: the best of them reaches v* everywhere."""
     mdp = mb.random_mdp(S, A, 0.9, seed=seed)
-    v_star, _ = mb.value_iteration(mdp, theta=1e-12)
-    values = torch.stack([mb.evaluate_policy(mdp, torch.nn.functional.one_hot(torch.tensor(acts), A).double())
+    v_star, _ = mb.value_iteration(*mdp, tol=1e-12)
+    values = torch.stack([mb.policy_value(*mdp, torch.nn.functional.one_hot(torch.tensor(acts), A).double())
                           for acts in itertools.product(range(A), repeat=S)])     # (A**S, S)
     assert bool((values <= v_star + 1e-9).all())
     assert_close(values.amax(0), v_star, atol=1e-9, rtol=0)
@@ -151,15 +159,16 @@ def test_no_deterministic_policy_beats_v_star(S, A, seed):
 
 def test_policy_iteration_agrees_on_both_grids():
     for mdp in (mb.sutton_barto_5x5(), mb.sutton_barto_4x4(), mb.sutton_barto_5x5(0.5)):
-        v_vi, _ = mb.value_iteration(mdp)
-        v_pi, pi, _ = mb.policy_iteration(mdp)
+        v_vi, pi_vi = mb.value_iteration(*mdp)
+        v_pi, pi = mb.policy_iteration(*mdp)
         assert_close(v_pi, v_vi, atol=1e-8, rtol=0)
-        assert torch.equal(mb.greedy_policy(mdp, v_vi), pi)
+        assert torch.equal(mb.greedy_policy(*mdp, v_vi), pi)
+        assert torch.equal(pi_vi, pi)
 
 
 def test_greedy_policy_splits_ties_evenly():
     mdp = mb.sutton_barto_5x5()
-    pi = mb.greedy_policy(mdp, mb.value_iteration(mdp)[0])
+    pi = mb.greedy_policy(*mdp, mb.value_iteration(*mdp)[0])
     assert_close(pi[1], torch.full((4,), 0.25, dtype=f64))          # from A every action jumps
     assert_close(pi[0], torch.tensor([0, 0, 0, 1.0], dtype=f64))     # (0, 0): right, towards A
     assert_close(pi.sum(1), torch.ones(25, dtype=f64))
@@ -167,30 +176,30 @@ def test_greedy_policy_splits_ties_evenly():
 
 # ---- gradients --------------------------------------------------------------------------------
 
-def test_gradient_of_solve_mrp_is_the_inverse():
-    P = mb.random_mdp(5, 1, seed=9).P[:, 0]
+def test_gradient_of_mrp_value_is_the_inverse():
+    P = mb.random_mdp(5, 1, seed=9).P[:, 0]                        # (S, S)
     R = torch.randn(5, dtype=f64, requires_grad=True)
-    mb.solve_mrp(P, R, 0.7)[2].backward()
+    mb.mrp_value(P, R, 0.7)[2].backward()
     inv = torch.linalg.inv(torch.eye(5, dtype=f64) - 0.7 * P)       # ∂V/∂R = (I − γP)⁻¹
     assert_close(R.grad, inv[2])
 
 
-def test_evaluate_policy_gradcheck_through_softmax_policy():
+def test_policy_value_gradcheck_through_softmax_policy():
     mdp = mb.random_mdp(4, 3, 0.9, seed=11)
     logits = torch.randn(4, 3, dtype=f64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: mb.evaluate_policy(mdp, z.softmax(-1)), (logits,))
+    assert torch.autograd.gradcheck(lambda z: mb.policy_value(*mdp, z.softmax(-1)), (logits,))
 
 
 def test_policy_gradient_theorem():
     """∇θ v_π(s0) = Σ_s d(s) Σ_a ∇θ π(a|s) q_π(s, a), d = discounted visits from s0
     (Sutton & Barto 2018, §13.2): autograd through the closed form must agree."""
-    mdp = mb.random_mdp(5, 3, 0.8, seed=12)
+    P, R, gamma = mb.random_mdp(5, 3, 0.8, seed=12)
     logits = torch.randn(5, 3, dtype=f64, requires_grad=True)
-    mb.evaluate_policy(mdp, logits.softmax(-1))[0].backward()
+    mb.policy_value(P, R, gamma, logits.softmax(-1))[0].backward()
     with torch.no_grad():
         pi = logits.softmax(-1)
-        q = mb.q_from_v(mdp, mb.evaluate_policy(mdp, pi))
-        P_pi, _ = mb.induced_mrp(mdp, pi)
+        q = mb.q_from_v(P, R, gamma, mb.policy_value(P, R, gamma, pi))
+        P_pi, _ = mb.induced_mrp(P, R, pi)
         d = torch.linalg.inv(torch.eye(5, dtype=f64) - 0.8 * P_pi)[0]   # (S,) visits from s0 = 0
         adv = q - (pi * q).sum(1, keepdim=True)                         # ∂/∂logits of softmax
         ref = d[:, None] * pi * adv
@@ -201,13 +210,18 @@ def test_policy_gradient_theorem():
 
 def test_gridworld_layout():
     mdp = mb.sutton_barto_5x5()
-    assert mdp.P.shape == (25, 4, 25) and mdp.R.shape == (25, 4) and mdp.gamma == 0.9
-    assert mdp.P[1, :, 21].eq(1).all() and mdp.R[1].eq(10).all()      # A -> A'
-    assert mdp.P[3, :, 13].eq(1).all() and mdp.R[3].eq(5).all()       # B -> B'
-    assert mdp.R[24].tolist() == [0.0, -1.0, 0.0, -1.0]               # (4, 4): down, right bump
-    g = mb.sutton_barto_4x4()
-    assert g.terminal.nonzero().flatten().tolist() == [0, 15] and g.gamma == 1.0
-    assert g.R[~g.terminal].eq(-1).all()
+    assert isinstance(mdp, tuple) and mdp._fields == ("P", "R", "gamma")
+    P, R, gamma = mdp                                                  # unpacks like a tuple
+    assert P.shape == (25, 4, 25) and R.shape == (25, 4) and gamma == 0.9
+    assert P.dtype == R.dtype == f64 and isinstance(gamma, float)
+    assert P[1, :, 21].eq(1).all() and R[1].eq(10).all()              # A -> A'
+    assert P[3, :, 13].eq(1).all() and R[3].eq(5).all()               # B -> B'
+    assert R[24].tolist() == [0.0, -1.0, 0.0, -1.0]                   # (4, 4): down, right bump
+    assert not mb.terminal_states(P, R).any()
+    P4, R4, gamma4 = mb.sutton_barto_4x4()
+    terminal = mb.terminal_states(P4, R4)
+    assert terminal.nonzero().flatten().tolist() == [0, 15] and gamma4 == 1.0
+    assert R4[~terminal].eq(-1).all()
 
 
 def test_random_mdp_is_valid_and_seeded():
@@ -219,41 +233,63 @@ def test_random_mdp_is_valid_and_seeded():
 # ---- bad inputs -------------------------------------------------------------------------------
 
 P_OK, R_OK = torch.full((2, 3, 2), 0.5, dtype=f64), torch.zeros(2, 3, dtype=f64)
-TERM = torch.tensor([True, False])
+PI_OK, V_OK = torch.full((2, 3), 1 / 3, dtype=f64), torch.zeros(2, dtype=f64)
 
 
 def absorbing_P():
+    """State 0 absorbing under every action; state 1 goes to 0 or 1 with probability 1/2."""
     P = P_OK.clone()
     P[0] = torch.tensor([1.0, 0.0])
     return P
 
 
-@pytest.mark.parametrize("make, exc, match", [
-    (lambda: mb.TabularMDP(P_OK[0], R_OK, 0.9), ValueError, r"P must have shape \(S, A, S\)"),
-    (lambda: mb.TabularMDP(torch.full((2, 3, 4), 0.25), R_OK, 0.9), ValueError, r"P must have shape \(S, A, S\)"),
-    (lambda: mb.TabularMDP(P_OK * 0.9, R_OK, 0.9), ValueError, r"row P\[0, 0, :\] must sum to 1"),
-    (lambda: mb.TabularMDP(P_OK * torch.tensor([3.0, -1.0]), R_OK, 0.9), ValueError, "must be >= 0"),
-    (lambda: mb.TabularMDP(P_OK, R_OK.T, 0.9), ValueError, r"R must have shape \(S, A\) = \(2, 3\), got \(3, 2\)"),
-    (lambda: mb.TabularMDP(P_OK, R_OK + float("nan"), 0.9), ValueError, "R must be finite"),
-    (lambda: mb.TabularMDP(P_OK.to(torch.complex128), R_OK, 0.9), TypeError, "P must be a real tensor"),
-    (lambda: mb.TabularMDP("P", R_OK, 0.9), TypeError, "P must be a tensor or array of numbers"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, 1.5), ValueError, r"gamma must be a number in \[0, 1\], got 1.5"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, -0.1), ValueError, r"gamma must be a number in \[0, 1\]"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, True), ValueError, r"gamma must be a number in \[0, 1\]"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, 1.0), ValueError, "gamma = 1 is only allowed for an episodic problem"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, 0.9, torch.tensor([1, 0])), ValueError, r"terminal must be a bool mask of shape \(S,\) = \(2,\)"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, 0.9, torch.tensor([True])), ValueError, r"terminal must be a bool mask"),
-    (lambda: mb.TabularMDP(P_OK, R_OK, 1.0, TERM), ValueError, "terminal state 0 must be absorbing"),
-    (lambda: mb.TabularMDP(absorbing_P(), R_OK + 1, 1.0, TERM), ValueError, "terminal state 0 must be absorbing with zero reward"),
+def trapped_P():
+    """State 0 absorbing (terminal with R = 0), state 1 absorbing too: it never reaches state 0."""
+    return torch.eye(2, dtype=f64)[:, None].expand(2, 3, 2).clone()      # (S, A, S)
+
+
+# Every public function that takes an MDP checks it the same way, through (P, R, gamma).
+MDP_FUNCTIONS = {
+    "value_iteration": lambda P, R, g: mb.value_iteration(P, R, g),
+    "policy_iteration": lambda P, R, g: mb.policy_iteration(P, R, g),
+    "policy_value": lambda P, R, g: mb.policy_value(P, R, g, PI_OK),
+    "policy_evaluation": lambda P, R, g: mb.policy_evaluation(P, R, g, PI_OK),
+    "q_from_v": lambda P, R, g: mb.q_from_v(P, R, g, V_OK),
+    "greedy_policy": lambda P, R, g: mb.greedy_policy(P, R, g, V_OK),
+}
+
+
+@pytest.mark.parametrize("who", list(MDP_FUNCTIONS))
+@pytest.mark.parametrize("P, R, gamma, exc, match", [
+    (P_OK[0], R_OK, 0.9, ValueError, r"P must have shape \(S, A, S\)"),
+    (torch.full((2, 3, 4), 0.25), R_OK, 0.9, ValueError, r"P must have shape \(S, A, S\)"),
+    (P_OK * 0.9, R_OK, 0.9, ValueError, r"row P\[0, 0, :\] must sum to 1"),
+    (P_OK * torch.tensor([3.0, -1.0]), R_OK, 0.9, ValueError, "must be >= 0"),
+    (P_OK, R_OK.T, 0.9, ValueError, r"R must have shape \(S, A\) = \(2, 3\), got \(3, 2\)"),
+    (P_OK, R_OK + float("nan"), 0.9, ValueError, "R must be finite"),
+    (P_OK.to(torch.complex128), R_OK, 0.9, TypeError, "P must be a real tensor"),
+    ("P", R_OK, 0.9, TypeError, "P must be a tensor or array of numbers"),
+    (P_OK, R_OK, 1.5, ValueError, r"gamma must be a number in \[0, 1\], got 1.5"),
+    (P_OK, R_OK, -0.1, ValueError, r"gamma must be a number in \[0, 1\]"),
+    (P_OK, R_OK, True, ValueError, r"gamma must be a number in \[0, 1\]"),
+    (P_OK, R_OK, 1.0, ValueError, "gamma = 1 is only allowed for an episodic problem"),
+    # absorbing but paying 1 per step: not terminal, so still not episodic
+    (absorbing_P(), R_OK + 1, 1.0, ValueError, "gamma = 1 is only allowed for an episodic problem"),
+    # a terminal state exists, but state 1 is stuck in a loop of its own whatever the policy
+    (trapped_P(), torch.tensor([[0.0] * 3, [-1.0] * 3], dtype=f64), 1.0, ValueError,
+     "state 1 never reaches one"),
 ])
-def test_tabular_mdp_rejects(make, exc, match):
-    with pytest.raises(exc, match=match):
-        make()
+def test_mdp_functions_reject(who, P, R, gamma, exc, match):
+    with pytest.raises(exc, match=f"^{who}: .*{match}"):
+        MDP_FUNCTIONS[who](P, R, gamma)
 
 
 def test_valid_episodic_mdp_is_accepted():
-    mdp = mb.TabularMDP(absorbing_P(), R_OK, 1.0, TERM)
-    assert mdp.S == 2 and mdp.A == 3 and mdp.P.dtype == f64
+    assert mb.terminal_states(absorbing_P(), R_OK).tolist() == [True, False]
+    v, pi = mb.value_iteration(absorbing_P(), R_OK, 1.0)
+    assert v.dtype == f64 and v.tolist() == [0.0, 0.0] and pi.shape == (2, 3)
+    # a zero-reward self-loop is terminal too: staying forever there is worth 0
+    assert mb.terminal_states(trapped_P(), torch.zeros(2, 3)).tolist() == [True, True]
 
 
 MDP = mb.random_mdp(3, 2, seed=0)
@@ -262,30 +298,42 @@ ALWAYS_UP = torch.nn.functional.one_hot(torch.zeros(16, dtype=torch.long), 4).do
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: mb.solve_mrp(torch.ones(2, 3) / 3, torch.zeros(2), 0.9), ValueError, r"P must have shape \(S, S\), got \(2, 3\)"),
-    (lambda: mb.solve_mrp(torch.eye(2), torch.zeros(3), 0.9), ValueError, r"R must have shape \(S,\) = \(2,\), got \(3,\)"),
-    (lambda: mb.solve_mrp(torch.eye(2), torch.zeros(2), 2), ValueError, r"gamma must be a number in \[0, 1\]"),
-    (lambda: mb.solve_mrp(torch.eye(2), torch.zeros(2), 1.0), ValueError, "only allowed for an episodic problem"),
-    (lambda: mb.solve_mrp(torch.eye(2), torch.ones(2), 1.0, torch.tensor([True, False])), ValueError, "singular"),
+    (lambda: mb.mrp_value(torch.ones(2, 3) / 3, torch.zeros(2), 0.9), ValueError, r"P must have shape \(S, S\), got \(2, 3\)"),
+    (lambda: mb.mrp_value(torch.eye(2), torch.zeros(3), 0.9), ValueError, r"R must have shape \(S,\) = \(2,\), got \(3,\)"),
+    (lambda: mb.mrp_value(torch.tensor([[0.5, 0.6], [0.5, 0.5]]), torch.zeros(2), 0.9), ValueError, r"row P\[0, :\] must sum to 1"),
+    (lambda: mb.mrp_value(torch.tensor([[1.5, -0.5], [0.5, 0.5]]), torch.zeros(2), 0.9), ValueError, "must be >= 0"),
+    (lambda: mb.mrp_value(torch.eye(2), torch.zeros(2), 2), ValueError, r"gamma must be a number in \[0, 1\]"),
+    (lambda: mb.mrp_value(torch.eye(2), torch.ones(2), 1.0), ValueError, "mrp_value: gamma = 1 is only allowed for an episodic problem"),
+    (lambda: mb.mrp_value(torch.eye(2), torch.tensor([0.0, 1.0]), 1.0), ValueError, "state 1 never reaches one"),
+    (lambda: mb.terminal_states(torch.ones(2, 3) / 3, torch.zeros(2)), ValueError, r"P must have shape \(S, S\) or \(S, A, S\)"),
+    (lambda: mb.terminal_states(torch.eye(2), torch.zeros(2, 1)), ValueError, r"R must have shape \(S,\) = \(2,\)"),
+    (lambda: mb.terminal_states(P_OK, torch.zeros(2)), ValueError, r"R must have shape \(S, A\) = \(2, 3\)"),
     (lambda: mb.stationary_distribution(torch.ones(3, 2) / 2), ValueError, r"P must have shape \(S, S\)"),
     (lambda: mb.stationary_distribution(torch.tensor([[0.5, 0.6], [0.5, 0.5]])), ValueError, "must sum to 1"),
-    (lambda: mb.induced_mrp(MDP, torch.ones(2, 3) / 2), ValueError, r"pi must have shape \(S, A\) = \(3, 2\), got \(2, 3\)"),
-    (lambda: mb.evaluate_policy(MDP, torch.ones(3, 2)), ValueError, r"row pi\[0, :\] must sum to 1"),
-    (lambda: mb.q_from_v(MDP, torch.zeros(4)), ValueError, r"v must have shape \(S,\) = \(3,\), got \(4,\)"),
-    (lambda: mb.v_from_q(MDP, torch.ones(3, 2) / 2, torch.zeros(2, 3)), ValueError, r"q must have shape \(S, A\) = \(3, 2\)"),
-    (lambda: mb.greedy_policy(MDP, torch.zeros(3, 1)), ValueError, r"v must have shape \(S,\)"),
-    (lambda: mb.policy_evaluation(MDP, torch.ones(3, 2) / 2, theta=0), ValueError, "theta must be > 0"),
-    (lambda: mb.value_iteration(MDP, theta=-1.0), ValueError, "theta must be > 0"),
-    (lambda: mb.policy_evaluation(GRID4, ALWAYS_UP, max_sweeps=50), RuntimeError, "every state must reach a terminal state"),
-    (lambda: mb.value_iteration(MDP, max_sweeps=3), RuntimeError, "after 3 sweeps"),
-    (lambda: mb.evaluate_policy(GRID4, ALWAYS_UP), ValueError, "some state never reaches a terminal state"),
-    (lambda: mb.policy_iteration(GRID4, ALWAYS_UP), ValueError, "singular"),
-    (lambda: mb.policy_iteration(mb.sutton_barto_5x5(), max_iters=1), RuntimeError, "still changed after 1 iterations"),
+    (lambda: mb.uniform_policy(0, 2), ValueError, "S and A must be ints >= 1"),
+    (lambda: mb.induced_mrp(*MDP[:2], torch.ones(2, 3) / 2), ValueError, r"policy must have shape \(S, A\) = \(3, 2\), got \(2, 3\)"),
+    (lambda: mb.policy_value(*MDP, torch.ones(3, 2)), ValueError, r"row policy\[0, :\] must sum to 1"),
+    (lambda: mb.policy_evaluation(*MDP, -torch.ones(3, 2)), ValueError, "policy holds probabilities, so it must be >= 0"),
+    (lambda: mb.q_from_v(*MDP, torch.zeros(4)), ValueError, r"V must have shape \(S,\) = \(3,\), got \(4,\)"),
+    (lambda: mb.v_from_q(torch.ones(3, 2) / 2, torch.zeros(2, 3)), ValueError, r"policy must have shape \(S, A\) = \(2, 3\), like Q"),
+    (lambda: mb.v_from_q(torch.ones(3, 2) / 2, torch.zeros(6)), ValueError, r"Q must have shape \(S, A\), got \(6,\)"),
+    (lambda: mb.greedy_policy(*MDP, torch.zeros(3, 1)), ValueError, r"V must have shape \(S,\)"),
+    (lambda: mb.policy_evaluation(*MDP, torch.ones(3, 2) / 2, tol=0), ValueError, "tol must be a number > 0"),
+    (lambda: mb.value_iteration(*MDP, tol=-1.0), ValueError, "tol must be a number > 0"),
+    (lambda: mb.policy_evaluation(*GRID4, ALWAYS_UP), ValueError, "every state must reach a terminal state under the policy"),
+    (lambda: mb.policy_evaluation(*MDP, torch.ones(3, 2) / 2, max_sweeps=3), RuntimeError, "after 3 sweeps"),
+    (lambda: mb.value_iteration(*MDP, max_sweeps=3), RuntimeError, "after 3 sweeps"),
+    (lambda: mb.policy_value(*GRID4, ALWAYS_UP), ValueError, "policy_value: .* state 1 never reaches one"),
+    (lambda: mb.policy_iteration(*GRID4, policy=ALWAYS_UP), ValueError, "policy_iteration: with gamma = 1 every state must reach"),
+    (lambda: mb.policy_iteration(*mb.sutton_barto_5x5(), max_iters=1), RuntimeError, "still changed after 1 iterations"),
     (lambda: mb.gridworld(0, 3, gamma=0.9), ValueError, "rows and cols must be ints >= 1"),
     (lambda: mb.gridworld(3, 3, gamma=0.9, jumps={(3, 0): ((0, 0), 1.0)}), ValueError, r"cell \(3, 0\) is outside the 3×3 grid"),
     (lambda: mb.gridworld(3, 3, gamma=0.9, terminal=[(0, 5)]), ValueError, "outside the 3×3 grid"),
     (lambda: mb.gridworld(3, 3, gamma=0.9, jumps={(0, 0): ((1, 1), 1.0)}, terminal=[(0, 0)]), ValueError, "cannot both jump and be terminal"),
+    (lambda: mb.gridworld(3, 3, gamma=1.0), ValueError, "gridworld: gamma = 1 is only allowed for an episodic problem"),
+    (lambda: mb.sutton_barto_5x5(1.0), ValueError, "only allowed for an episodic problem"),
     (lambda: mb.random_mdp(0, 2), ValueError, "S and A must be ints >= 1"),
+    (lambda: mb.random_mdp(2, 2, gamma=1.2), ValueError, r"random_mdp: gamma must be a number in \[0, 1\]"),
 ])
 def test_bad_inputs_raise(call, exc, match):
     with pytest.raises(exc, match=match):

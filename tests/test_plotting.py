@@ -71,3 +71,10 @@ def test_draw_grid_leaves_nan_blank():
     plotting.draw_grid(ax, np.array([[1.0, np.nan], [2.0, 3.0]]), fmt="{:.0f}")
     assert [t.get_text() for t in ax.texts] == ["1", "2", "3"]
     plt.close(fig)
+
+
+def test_draw_grid_text_is_legible_on_dark_cells():
+    fig, ax = plt.subplots()
+    plotting.draw_grid(ax, [[0.0, 1.0]], cmap="viridis", fmt="{:.0f}")  # viridis: dark at 0
+    assert [t.get_color() for t in ax.texts] == ["white", plotting.COLORS["ink"]]
+    plt.close(fig)
