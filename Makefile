@@ -43,7 +43,7 @@ exercises: venv
 	$(PY) tools/make_exercises.py
 
 notebooks: venv
-	$(PY) tools/run_notebooks.py $(NB)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) tools/run_notebooks.py $(NB)
 
 clean:
 	rm -rf $(VENV) exercises .pytest_cache

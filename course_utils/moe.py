@@ -38,28 +38,28 @@ class SwiGLU(nn.Module):
                              f"got {tuple(x.shape)}")
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
-def topk_gating(logits: torch.Tensor, k: int, *, renormalize: bool = True):
-    """Token-choice top-k gating: p = softmax(logits); keep the k largest; renormalise them.
+def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = True):
+    """Token-choice top-k routing: p = softmax(logits); keep the k largest; renormalise them.
 
     GShard (Lepikhin et al. 2020) top-2 and Mixtral use g_i = p_i / sum_{j in TopK} p_j, which
     equals softmax over the k kept logits; Switch (Fedus et al. 2021) uses top-1 with g = p_i
-    (renormalize=False). logits: (tokens, n_experts) floating. Returns weights (tokens, k) in the
-    dtype of logits and indices (tokens, k) int64, largest first. The softmax runs in at least
-    float32.
+    (normalize=False). logits: (tokens, n_experts) floating. Returns (indices, gates): the
+    expert indices (tokens, k) int64, largest probability first, and the gate weights
+    (tokens, k) in the dtype of logits. The softmax runs in at least float32.
     """
-    _need_float("logits", logits, "topk_gating")
+    _need_float("logits", logits, "topk_route")
     if logits.dim() != 2:
-        raise ValueError(f"topk_gating: logits must have shape (tokens, n_experts), got "
+        raise ValueError(f"topk_route: logits must have shape (tokens, n_experts), got "
                          f"{tuple(logits.shape)}")
     n_experts = logits.shape[1]
     if not isinstance(k, int) or not 1 <= k <= n_experts:
-        raise ValueError(f"topk_gating: k must be an int in [1, n_experts] = [1, {n_experts}], "
+        raise ValueError(f"topk_route: k must be an int in [1, n_experts] = [1, {n_experts}], "
                          f"got {k!r}")
     probs = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-    weights, indices = probs.topk(k, dim=-1)                      # (tokens, k) each
-    if renormalize:
-        weights = weights / weights.sum(-1, keepdim=True)
-    return weights.to(logits.dtype), indices
+    gates, indices = probs.topk(k, dim=-1)                        # (tokens, k) each
+    if normalize:
+        gates = gates / gates.sum(-1, keepdim=True)
+    return indices, gates.to(logits.dtype)
 
 def switch_capacity(n_tokens: int, n_experts: int, capacity_factor: float, k: int = 1) -> int:
     """Expert capacity C = ceil(capacity_factor * n_tokens * k / n_experts).
@@ -121,6 +121,42 @@ def load_balancing_loss(router_probs: torch.Tensor, indices: torch.Tensor) -> to
     P = router_probs.mean(0)
     return E * (f * P).sum()
 
+from typing import NamedTuple
+
+
+class SwitchRoute(NamedTuple):
+    """What switch_route returns: one entry per token, except aux_loss and capacity."""
+    kept: torch.Tensor      # (tokens,) bool: the token found a place in its expert's buffer
+    experts: torch.Tensor   # (tokens,) int64: its top-1 expert, kept or not
+    gates: torch.Tensor     # (tokens,) router probability of that expert, 0 where dropped
+    aux_loss: torch.Tensor  # () load-balancing loss E * sum_i f_i P_i over all tokens
+    capacity: int           # C = ceil(capacity_factor * tokens / n_experts)
+
+
+def switch_route(logits: torch.Tensor, capacity_factor: float) -> SwitchRoute:
+    """Switch Transformer routing (Fedus et al. 2021, sections 2.1-2.2 and the router pseudocode
+    of appendix F): top-1 expert per token with gate p_i = softmax(logits)_i (not renormalised),
+    capacity C = switch_capacity(tokens, n_experts, capacity_factor), first come first served
+    (capacity_keep); dropped tokens get gate 0. aux_loss = load_balancing_loss(softmax(logits),
+    experts), counted before the capacity cut. logits: (tokens, n_experts) floating, tokens >= 1;
+    capacity_factor > 0. gates keep the dtype of logits; the softmax runs in at least float32.
+    """
+    _need_float("logits", logits, "switch_route")
+    if logits.dim() != 2 or logits.shape[0] < 1:
+        raise ValueError(f"switch_route: logits must have shape (tokens, n_experts) with "
+                         f"tokens >= 1, got {tuple(logits.shape)}")
+    if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (int, float)) \
+            or not capacity_factor > 0:
+        raise ValueError(f"switch_route: capacity_factor must be a number > 0, got "
+                         f"{capacity_factor!r}")
+    T, E = logits.shape
+    indices, gates = topk_route(logits, 1, normalize=False)               # (T, 1) each
+    capacity = switch_capacity(T, E, float(capacity_factor))
+    kept = capacity_keep(indices, E, capacity)                             # (T, 1) bool
+    probs = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    aux_loss = load_balancing_loss(probs, indices)
+    return SwitchRoute(kept[:, 0], indices[:, 0], (gates * kept)[:, 0], aux_loss, capacity)
+
 def expert_choice_route(logits: torch.Tensor, capacity: int):
     """Expert-choice routing (Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing"):
     S = softmax(logits) over experts, then
@@ -155,36 +191,41 @@ def _check_groups(where, n_experts, k, n_groups, topk_groups):
         raise ValueError(f"{where}: k must be in [1, topk_groups * group size] = [1, {allowed}], "
                          f"got {k!r}")
 
-def deepseek_v3_route(logits, k, *, bias=None, n_groups=1, topk_groups=1, route_scale=1.0):
+def deepseek_v3_route(scores, bias, *, n_groups, topk_groups, k, route_scale=1.0):
     """DeepSeek-V3 routing (technical report 2024, section 2.1.2, and the released
-    inference/model.py Gate): s = sigmoid(logits); choose with s + bias; rank groups by the sum of
-    their top-2 choice scores and keep `topk_groups` of them; take the top-k experts inside;
-    gates = s of the chosen experts / their sum * route_scale (the bias is not in the gates).
+    inference/model.py Gate): choose with scores + bias; rank groups by the sum of their top-2
+    choice scores and keep `topk_groups` of them; take the top-k experts inside; gates = scores of
+    the chosen experts / their sum * route_scale (the bias is not in the gates).
 
-    logits: (tokens, n_experts) floating; bias: None or (n_experts,). Returns weights (tokens, k)
-    in the dtype of logits and indices (tokens, k) int64, ordered by choice score.
+    scores: (tokens, n_experts) sigmoid affinities s = sigmoid(logits), in [0, 1]; bias:
+    (n_experts,), zeros for none. Returns (indices, gates): the expert indices (tokens, k) int64,
+    ordered by choice score, and the gates (tokens, k) in the dtype of scores.
     """
-    _need_float("logits", logits, "deepseek_v3_route")
-    if logits.dim() != 2:
-        raise ValueError(f"deepseek_v3_route: logits must have shape (tokens, n_experts), got "
-                         f"{tuple(logits.shape)}")
-    T, E = logits.shape
+    _need_float("scores", scores, "deepseek_v3_route")
+    if scores.dim() != 2:
+        raise ValueError(f"deepseek_v3_route: scores must have shape (tokens, n_experts), got "
+                         f"{tuple(scores.shape)}")
+    if scores.numel() and (scores.detach().min() < 0 or scores.detach().max() > 1):
+        raise ValueError("deepseek_v3_route: scores must be sigmoid affinities in [0, 1] "
+                         "(pass torch.sigmoid(logits), not the logits)")
+    T, E = scores.shape
     _check_groups("deepseek_v3_route", E, k, n_groups, topk_groups)
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (E,)):
+    if not isinstance(bias, torch.Tensor) or bias.shape != (E,):
         raise ValueError(f"deepseek_v3_route: bias must be a tensor of shape (n_experts,) = ({E},), "
                          f"got {tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}")
-    scores = logits.sigmoid().to(torch.promote_types(logits.dtype, torch.float32))   # (T, E)
-    choice = scores if bias is None else scores + bias.to(scores.dtype)  # bias steers choice only
+    out_dtype = scores.dtype
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))   # (T, E)
+    choice = scores + bias.to(scores.dtype)                                # bias steers choice only
     if n_groups > 1:
         grouped = choice.reshape(T, n_groups, E // n_groups)                # (T, G, E/G)
         group_score = grouped.topk(2, dim=-1).values.sum(-1)            # (T, G)
         best = group_score.topk(topk_groups, dim=-1).indices             # (T, topk_groups)
-        off = torch.ones(T, n_groups, dtype=torch.bool, device=logits.device).scatter_(1, best, False)
+        off = torch.ones(T, n_groups, dtype=torch.bool, device=scores.device).scatter_(1, best, False)
         choice = grouped.masked_fill(off.unsqueeze(-1), float("-inf")).reshape(T, E)   # (T, E)
     indices = choice.topk(k, dim=-1).indices                             # (T, k)
-    weights = scores.gather(1, indices)
-    weights = weights / weights.sum(-1, keepdim=True) * route_scale
-    return weights.to(logits.dtype), indices
+    gates = scores.gather(1, indices)
+    gates = gates / gates.sum(-1, keepdim=True) * route_scale
+    return indices, gates.to(out_dtype)
 
 def update_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, gamma: float) -> torch.Tensor:
     """One step of DeepSeek-V3's auxiliary-loss-free balancing (report, section 2.1.2):
@@ -258,12 +299,14 @@ def dispatch_sorted(x, weights, indices, experts):
 class MoE(nn.Module):
     """Mixture-of-experts FFN: y = shared(x) + sum over the k chosen experts of g_i * FFN_i(x).
 
-    score="softmax": top-k gating (GShard, Mixtral; Switch with k=1); score="sigmoid": DeepSeek-V3
-    routing (report section 2.1.2) with n_groups/topk_groups and the buffer `expert_bias` for
-    auxiliary-loss-free balancing (update it with `update_bias`). n_shared shared experts run as
-    one SwiGLU of width n_shared * d_ff. capacity_factor=None: no capacity; otherwise routes past
-    switch_capacity(...) get weight 0. After forward, `self.stats` holds probs, indices, weights,
-    tokens_per_expert and aux_loss (load_balancing_loss).
+    score="softmax": top-k gating (GShard, Mixtral), gates renormalised over the k chosen experts
+    (with k=1 every gate is 1; Switch's raw-probability gate is switch_route's). score="sigmoid":
+    DeepSeek-V3 routing (report section 2.1.2) on sigmoid(router logits), with
+    n_groups/topk_groups and the buffer `expert_bias` for auxiliary-loss-free balancing (update
+    it with `update_bias`). n_shared shared experts run as one SwiGLU of width n_shared * d_ff.
+    capacity_factor=None: no capacity; otherwise routes past switch_capacity(...) get weight 0.
+    After forward, `self.stats` holds probs, indices, weights, tokens_per_expert and aux_loss
+    (load_balancing_loss).
     """
 
     def __init__(self, d_model, d_ff, n_experts, k, *, n_shared=0, score="softmax", n_groups=1,
@@ -295,13 +338,13 @@ class MoE(nn.Module):
         h = x.reshape(-1, self.d_model)                        # (N, d), N = all tokens
         logits = self.router(h)                                # (N, E)
         if self.score == "softmax":
-            weights, indices = topk_gating(logits, self.k)
+            indices, weights = topk_route(logits, self.k)
             probs = logits.softmax(-1)
         else:
-            weights, indices = deepseek_v3_route(
-                logits, self.k, bias=self.expert_bias, n_groups=self.n_groups,
-                topk_groups=self.topk_groups, route_scale=self.route_scale)
-            s = logits.sigmoid()
+            s = torch.sigmoid(logits)                          # (N, E) affinities
+            indices, weights = deepseek_v3_route(
+                s, self.expert_bias, n_groups=self.n_groups, topk_groups=self.topk_groups,
+                k=self.k, route_scale=self.route_scale)
             probs = s / s.sum(-1, keepdim=True)                # V3's normalised s' (its seq.-wise loss)
         if self.capacity_factor is not None:
             cap = switch_capacity(h.shape[0], self.n_experts, self.capacity_factor, self.k)

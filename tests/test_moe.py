@@ -4,6 +4,7 @@ Each function is compared with an independent reference (PyTorch's own ops, a de
 a Python loop or a closed form) on awkward shapes and several dtypes, outputs and gradients, and
 every bad input must raise an error that names what was expected.
 """
+import inspect
 import math
 import re
 
@@ -41,9 +42,9 @@ def keep_by_loop(indices, n_experts, capacity):
 
 
 def v3_route_by_loop(logits, k, bias, n_groups, topk_groups, route_scale):
+    """From the logits: its own sigmoid, choice with the bias, gates without it."""
     T, E = logits.shape
     size = E // n_groups
-    bias = torch.zeros(E) if bias is None else bias
     ws, ids = [], []
     for t in range(T):
         s = [1 / (1 + math.exp(-v)) for v in logits[t].double().tolist()]
@@ -65,6 +66,42 @@ def sort_by_expert(w, idx):
     return w.gather(1, order), idx.gather(1, order)
 
 
+def switch_by_loop(logits, capacity_factor):
+    """Switch routing token by token: own softmax, own buckets, own f_i and P_i."""
+    T, E = logits.shape
+    cap = math.ceil(capacity_factor * T / E - 1e-9)
+    filled, kept, experts, gates = [0] * E, [], [], []
+    f, P = [0.0] * E, [0.0] * E
+    for row in logits.double().tolist():
+        ex = [math.exp(v - max(row)) for v in row]
+        p = [v / sum(ex) for v in ex]
+        e = max(range(E), key=lambda i: p[i])
+        kept.append(filled[e] < cap)
+        filled[e] += int(kept[-1])
+        experts.append(e)
+        gates.append(p[e] if kept[-1] else 0.0)
+        f[e] += 1 / T
+        P = [Pi + pi / T for Pi, pi in zip(P, p)]
+    aux = E * sum(fi * Pi for fi, Pi in zip(f, P))
+    return (torch.tensor(kept), torch.tensor(experts), torch.tensor(gates, dtype=torch.float64),
+            torch.tensor(aux, dtype=torch.float64), cap)
+
+
+# ---------------------------------------------------------------- the API asked for in the issue
+
+@pytest.mark.parametrize("fn,params", [
+    (moe.topk_route, "logits, k, *, normalize=True"),
+    (moe.switch_route, "logits, capacity_factor"),
+    (moe.deepseek_v3_route, "scores, bias, *, n_groups, topk_groups, k, route_scale=1.0"),
+])
+def test_public_signatures(fn, params):
+    sig = inspect.signature(fn)
+    plain = sig.replace(parameters=[q.replace(annotation=inspect.Parameter.empty)
+                                    for q in sig.parameters.values()],
+                        return_annotation=inspect.Signature.empty)
+    assert str(plain) == f"({params})"
+
+
 # ---------------------------------------------------------------- SwiGLU
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -83,12 +120,13 @@ def test_swiglu_gradcheck():
     assert torch.autograd.gradcheck(ffn, (x,))
 
 
-# ---------------------------------------------------------------- top-k gating
+# ---------------------------------------------------------------- top-k routing
 
 @pytest.mark.parametrize("T,E,k", [(37, 5, 2), (1, 3, 1), (64, 8, 8), (10, 16, 6)])
-def test_topk_gating_equals_softmax_of_topk(T, E, k):
+def test_topk_route_equals_softmax_of_topk(T, E, k):
     logits = torch.randn(T, E, generator=gen(T + E + k), dtype=torch.float64, requires_grad=True)
-    w, idx = moe.topk_gating(logits, k)
+    idx, w = moe.topk_route(logits, k)
+    assert idx.dtype == torch.int64 and idx.shape == w.shape == (T, k)
     top, top_idx = logits.topk(k, dim=-1)
     ref = top.softmax(-1)
     assert torch.equal(idx, top_idx)
@@ -100,16 +138,16 @@ def test_topk_gating_equals_softmax_of_topk(T, E, k):
     assert_close(g, g_ref, atol=1e-12, rtol=0)
 
 
-def test_topk_gating_without_renormalising_is_the_raw_softmax():
+def test_topk_route_without_normalizing_is_the_raw_softmax():
     logits = torch.randn(20, 6, generator=gen(2))
-    w, idx = moe.topk_gating(logits, 3, renormalize=False)
+    idx, w = moe.topk_route(logits, 3, normalize=False)
     assert_close(w, logits.softmax(-1).gather(1, idx))
 
 
-def test_topk_gating_low_precision_keeps_dtype():
+def test_topk_route_low_precision_keeps_dtype():
     logits = torch.randn(33, 7, generator=gen(3))
-    w, idx = moe.topk_gating(logits.bfloat16(), 2)
-    w32, _ = moe.topk_gating(logits.bfloat16().float(), 2)
+    idx, w = moe.topk_route(logits.bfloat16(), 2)
+    _, w32 = moe.topk_route(logits.bfloat16().float(), 2)
     assert w.dtype == torch.bfloat16 and idx.dtype == torch.int64
     assert_close(w.float(), w32, atol=1e-2, rtol=0)
 
@@ -126,12 +164,69 @@ def test_switch_capacity(T, E, cf, k, expected):
 @pytest.mark.parametrize("T,E,k,cap", [(37, 5, 2, 9), (37, 5, 2, 0), (1, 1, 1, 1), (64, 8, 1, 5),
                                        (50, 4, 3, 20)])
 def test_capacity_keep_matches_loop(T, E, k, cap):
-    _, idx = moe.topk_gating(torch.randn(T, E, generator=gen(T * k + cap)), k)
+    idx, _ = moe.topk_route(torch.randn(T, E, generator=gen(T * k + cap)), k)
     keep = moe.capacity_keep(idx, E, cap)
     assert keep.dtype == torch.bool and keep.shape == (T, k)
     assert torch.equal(keep, keep_by_loop(idx, E, cap))
     counts = torch.bincount(idx.reshape(-1), minlength=E)
     assert int((~keep).sum()) == int((counts - cap).clamp(min=0).sum())
+
+
+# ---------------------------------------------------------------- switch_route
+
+@pytest.mark.parametrize("T,E,cf", [(512, 8, 1.0), (37, 5, 1.25), (1, 3, 1.0), (64, 16, 0.5),
+                                    (40, 4, 3.0)])
+def test_switch_route_matches_loop(T, E, cf):
+    logits = 2 * torch.randn(T, E, generator=gen(T + E), dtype=torch.float64)
+    r = moe.switch_route(logits, cf)
+    kept, experts, gates, aux, cap = switch_by_loop(logits, cf)
+    assert isinstance(r, tuple) and r._fields == ("kept", "experts", "gates", "aux_loss", "capacity")
+    assert r.kept.dtype == torch.bool and r.experts.dtype == torch.int64
+    assert r.kept.shape == r.experts.shape == r.gates.shape == (T,) and r.aux_loss.shape == ()
+    assert r.capacity == cap
+    assert torch.equal(r.kept, kept) and torch.equal(r.experts, experts)
+    assert_close(r.gates, gates, atol=1e-12, rtol=0)
+    assert_close(r.aux_loss, aux, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cf", [0.25, 1.0, 2.0])
+def test_switch_route_is_built_from_the_pieces(cf):
+    T, E = 53, 6
+    logits = torch.randn(T, E, generator=gen(17)) + torch.linspace(1, -1, E)   # skewed router
+    r = moe.switch_route(logits, cf)
+    idx, p = moe.topk_route(logits, 1, normalize=False)
+    cap = moe.switch_capacity(T, E, cf)
+    keep = moe.capacity_keep(idx, E, cap)
+    assert r.capacity == cap
+    assert torch.equal(r.experts, logits.argmax(-1)) and torch.equal(r.kept, keep[:, 0])
+    assert_close(r.gates, torch.where(keep[:, 0], p[:, 0], torch.zeros(())), atol=0, rtol=0)
+    assert_close(r.aux_loss, moe.load_balancing_loss(logits.softmax(-1), idx), atol=1e-7, rtol=0)
+    assert int((~r.kept).sum()) == int((torch.bincount(idx[:, 0], minlength=E) - cap)
+                                       .clamp(min=0).sum())
+
+
+def test_switch_route_gradients():
+    logits = torch.randn(29, 5, generator=gen(18), dtype=torch.float64, requires_grad=True)
+    r = moe.switch_route(logits, 0.8)
+    assert not r.kept.all()                                  # some tokens are dropped
+    p = logits.softmax(-1)
+    gates_ref = p.gather(1, r.experts[:, None])[:, 0] * r.kept
+    f = torch.bincount(r.experts, minlength=5).double() / 29
+    aux_ref = 5 * (f * p.mean(0)).sum()
+    up = torch.randn(29, generator=gen(19), dtype=torch.float64)
+    g, = torch.autograd.grad((r.gates * up).sum() + 0.3 * r.aux_loss, logits)
+    g_ref, = torch.autograd.grad((gates_ref * up).sum() + 0.3 * aux_ref, logits)
+    assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
+def test_switch_route_low_precision():
+    logits = torch.randn(45, 6, generator=gen(20))
+    r = moe.switch_route(logits.bfloat16(), 1.0)
+    r32 = moe.switch_route(logits.bfloat16().float(), 1.0)
+    assert r.gates.dtype == torch.bfloat16 and r.aux_loss.dtype == torch.float32
+    assert torch.equal(r.kept, r32.kept) and torch.equal(r.experts, r32.experts)
+    assert_close(r.gates.float(), r32.gates, atol=1e-2, rtol=0)
+    assert_close(r.aux_loss, r32.aux_loss, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- load-balancing loss
@@ -201,10 +296,10 @@ V3_CONFIGS = [  # (E, k, n_groups, topk_groups, route_scale, with bias)
 def test_deepseek_v3_route_matches_brute_force(E, k, G, TG, scale, with_bias, dtype):
     g = gen(E + k + G)
     logits = torch.randn(29, E, generator=g, dtype=torch.float64)
-    bias = 0.1 * torch.randn(E, generator=g, dtype=torch.float64) if with_bias else None
-    w, idx = moe.deepseek_v3_route(logits.to(dtype), k, bias=None if bias is None else bias.to(dtype),
-                                   n_groups=G, topk_groups=TG, route_scale=scale)
-    assert w.dtype == dtype and idx.shape == (29, k)
+    bias = 0.1 * torch.randn(E, generator=g, dtype=torch.float64) if with_bias else torch.zeros(E)
+    idx, w = moe.deepseek_v3_route(torch.sigmoid(logits.to(dtype)), bias.to(dtype), n_groups=G,
+                                   topk_groups=TG, k=k, route_scale=scale)
+    assert w.dtype == dtype and idx.dtype == torch.int64 and idx.shape == (29, k)
     w_ref, idx_ref = v3_route_by_loop(logits.to(dtype), k, bias, G, TG, scale)
     w_s, idx_s = sort_by_expert(w, idx)
     assert torch.equal(idx_s, idx_ref)
@@ -216,7 +311,8 @@ def test_deepseek_v3_route_matches_brute_force(E, k, G, TG, scale, with_bias, dt
 def test_deepseek_v3_gates_ignore_the_bias_and_have_the_right_gradient():
     logits = torch.randn(17, 12, generator=gen(6), dtype=torch.float64, requires_grad=True)
     bias = torch.randn(12, generator=gen(7), dtype=torch.float64)
-    w, idx = moe.deepseek_v3_route(logits, 3, bias=bias, n_groups=3, topk_groups=2, route_scale=2.5)
+    idx, w = moe.deepseek_v3_route(torch.sigmoid(logits), bias, n_groups=3, topk_groups=2, k=3,
+                                   route_scale=2.5)
     s = logits.sigmoid().gather(1, idx)
     ref = 2.5 * s / s.sum(-1, keepdim=True)
     assert_close(w, ref, atol=1e-12, rtol=0)
@@ -224,6 +320,17 @@ def test_deepseek_v3_gates_ignore_the_bias_and_have_the_right_gradient():
     g, = torch.autograd.grad((w * up).sum(), logits)
     g_ref, = torch.autograd.grad((ref * up).sum(), logits)
     assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
+def test_deepseek_v3_route_low_precision_keeps_dtype():
+    s = torch.sigmoid(torch.randn(31, 16, generator=gen(23))).bfloat16()
+    bias = 0.01 * torch.randn(16, generator=gen(24))
+    idx, w = moe.deepseek_v3_route(s, bias, n_groups=4, topk_groups=2, k=4, route_scale=2.5)
+    idx32, w32 = moe.deepseek_v3_route(s.float(), bias, n_groups=4, topk_groups=2, k=4,
+                                       route_scale=2.5)
+    assert w.dtype == torch.bfloat16 and idx.dtype == torch.int64
+    assert torch.equal(idx, idx32)
+    assert_close(w.float(), w32, atol=2e-2, rtol=0)
 
 
 def test_update_bias_moves_against_the_load():
@@ -236,8 +343,8 @@ def test_bias_balances_a_skewed_router():
     skew = torch.linspace(1.0, -1.0, E)
     bias, vio = torch.zeros(E), []
     for _ in range(150):
-        _, idx = moe.deepseek_v3_route(torch.randn(512, E, generator=g) + skew, 2, bias=bias,
-                                       n_groups=4, topk_groups=2)
+        idx, _ = moe.deepseek_v3_route(torch.sigmoid(torch.randn(512, E, generator=g) + skew), bias,
+                                       n_groups=4, topk_groups=2, k=2)
         c = torch.bincount(idx.reshape(-1), minlength=E)
         vio.append(float(c.max() / c.float().mean() - 1))
         bias = moe.update_bias(bias, c, 0.01)
@@ -266,7 +373,8 @@ def test_dispatch_outputs_and_grads_equal_dense(T, E, k, d, dtype, atol, fn):
     up = torch.randn(T, d, dtype=dtype)
 
     def run(dispatch):
-        y = dispatch(x, *moe.topk_gating(logits, k), experts)
+        idx, w = moe.topk_route(logits, k)
+        y = dispatch(x, w, idx, experts)
         return y, torch.autograd.grad((y * up).sum(), params, allow_unused=True,
                                    materialize_grads=True)
 
@@ -278,7 +386,7 @@ def test_dispatch_outputs_and_grads_equal_dense(T, E, k, d, dtype, atol, fn):
 
 def test_dispatch_with_an_expert_nobody_chose():
     experts, x, logits = make_problem(37, 5, 2, 12, torch.float64, seed=11, skip_expert=4)
-    w, idx = moe.topk_gating(logits, 2)
+    idx, w = moe.topk_route(logits, 2)
     assert not (idx == 4).any()
     ys = moe.dispatch_sorted(x, w, idx, experts)
     assert_close(ys, moe.dispatch_loop(x, w, idx, experts), atol=1e-12, rtol=0)
@@ -289,7 +397,7 @@ def test_dispatch_with_an_expert_nobody_chose():
 
 def test_dispatch_bfloat16_close_to_float32():
     experts, x, logits = make_problem(37, 5, 2, 16, torch.float32, seed=12)
-    w, idx = moe.topk_gating(logits.detach(), 2)
+    idx, w = moe.topk_route(logits.detach(), 2)
     ref = moe.dispatch_loop(x.detach(), w, idx, experts)
     bf_experts = [moe.SwiGLU(16, 9).bfloat16() for _ in range(5)]
     for a, b in zip(bf_experts, experts):
@@ -352,13 +460,31 @@ def test_moe_capacity_drops_routes():
 
 # ---------------------------------------------------------------- bad inputs
 
+def v3(scores=None, bias="zeros", E=8, **kw):
+    """deepseek_v3_route with defaults for all but what a case changes."""
+    scores = torch.rand(4, E, generator=gen(22)) if scores is None else scores
+    bias = torch.zeros(E) if isinstance(bias, str) else bias
+    kw = dict(dict(n_groups=1, topk_groups=1, k=2), **kw)
+    return moe.deepseek_v3_route(scores, bias, **kw)
+
+
 ERRORS = [
     (lambda: moe.SwiGLU(0, 4), ValueError, "d_model and d_ff must be >= 1"),
     (lambda: moe.SwiGLU(4, 8)(torch.randn(2, 5)), ValueError, "(..., d_model) = (..., 4)"),
-    (lambda: moe.topk_gating(torch.randn(2, 3, 4), 1), ValueError, "(tokens, n_experts)"),
-    (lambda: moe.topk_gating(torch.randn(5, 4), 5), ValueError, "[1, n_experts] = [1, 4]"),
-    (lambda: moe.topk_gating(torch.randn(5, 4), 0), ValueError, "[1, n_experts] = [1, 4]"),
-    (lambda: moe.topk_gating(torch.ones(5, 4, dtype=torch.int64), 1), TypeError, "floating-point"),
+    (lambda: moe.topk_route(torch.randn(2, 3, 4), 1), ValueError, "(tokens, n_experts)"),
+    (lambda: moe.topk_route(torch.randn(5, 4), 5), ValueError, "[1, n_experts] = [1, 4]"),
+    (lambda: moe.topk_route(torch.randn(5, 4), 0), ValueError, "[1, n_experts] = [1, 4]"),
+    (lambda: moe.topk_route(torch.ones(5, 4, dtype=torch.int64), 1), TypeError, "floating-point"),
+    (lambda: moe.topk_route(torch.randn(5, 4), 2, renormalize=False), TypeError, "renormalize"),
+    (lambda: moe.switch_route(torch.randn(5, 4), 0.0), ValueError,
+     "switch_route: capacity_factor must be a number > 0"),
+    (lambda: moe.switch_route(torch.randn(5, 4), -1), ValueError, "capacity_factor must be a number > 0"),
+    (lambda: moe.switch_route(torch.randn(5, 4), "1.0"), ValueError, "capacity_factor must be a number"),
+    (lambda: moe.switch_route(torch.randn(2, 5, 4), 1.0), ValueError,
+     "switch_route: logits must have shape (tokens, n_experts) with tokens >= 1"),
+    (lambda: moe.switch_route(torch.randn(0, 4), 1.0), ValueError, "tokens >= 1, got (0, 4)"),
+    (lambda: moe.switch_route(torch.ones(5, 4, dtype=torch.int64), 1.0), TypeError,
+     "switch_route: logits must be a floating-point tensor"),
     (lambda: moe.switch_capacity(0, 4, 1.0), ValueError, "n_tokens must be an int >= 1"),
     (lambda: moe.switch_capacity(8, 4, 0.0), ValueError, "capacity_factor must be > 0"),
     (lambda: moe.switch_capacity(8, 4, 1.0, k=0), ValueError, "k must be an int >= 1"),
@@ -376,17 +502,26 @@ ERRORS = [
      ValueError, "(tokens, n_experts)"),
     (lambda: moe.expert_choice_route(torch.randn(6, 3), 7), ValueError, "[1, tokens] = [1, 6]"),
     (lambda: moe.expert_choice_route(torch.randn(6), 2), ValueError, "(tokens, n_experts)"),
-    (lambda: moe.deepseek_v3_route(torch.randn(4, 10), 2, n_groups=3), ValueError,
-     "n_groups must divide n_experts = 10"),
-    (lambda: moe.deepseek_v3_route(torch.randn(4, 8), 2, n_groups=8, topk_groups=2), ValueError,
-     "each group needs >= 2 experts"),
-    (lambda: moe.deepseek_v3_route(torch.randn(4, 8), 2, n_groups=4, topk_groups=5), ValueError,
-     "topk_groups must be in [1, n_groups] = [1, 4]"),
-    (lambda: moe.deepseek_v3_route(torch.randn(4, 8), 5, n_groups=4, topk_groups=2), ValueError,
+    (lambda: v3(E=10, n_groups=3, topk_groups=1), ValueError, "n_groups must divide n_experts = 10"),
+    (lambda: v3(E=12, n_groups=5, topk_groups=2), ValueError, "n_groups must divide n_experts = 12"),
+    (lambda: v3(n_groups=8, topk_groups=2), ValueError, "each group needs >= 2 experts"),
+    (lambda: v3(n_groups=4, topk_groups=5), ValueError, "topk_groups must be in [1, n_groups] = [1, 4]"),
+    (lambda: v3(n_groups=4, topk_groups=2, k=5), ValueError,
      "k must be in [1, topk_groups * group size] = [1, 4]"),
-    (lambda: moe.deepseek_v3_route(torch.randn(4, 8), 2, bias=torch.zeros(7)), ValueError,
-     "bias must be a tensor of shape (n_experts,) = (8,)"),
-    (lambda: moe.deepseek_v3_route(torch.randn(4, 8, 2), 2), ValueError, "(tokens, n_experts)"),
+    (lambda: v3(n_groups=1, topk_groups=1, k=9), ValueError,            # k > n_experts = 8
+     "k must be in [1, topk_groups * group size] = [1, 8]"),
+    (lambda: v3(k=0), ValueError, "k must be in [1, topk_groups * group size]"),
+    (lambda: v3(bias=torch.zeros(7)), ValueError, "bias must be a tensor of shape (n_experts,) = (8,)"),
+    (lambda: v3(bias=None), ValueError, "bias must be a tensor of shape (n_experts,) = (8,), got None"),
+    (lambda: v3(scores=torch.rand(4, 8, 2)), ValueError, "scores must have shape (tokens, n_experts)"),
+    (lambda: v3(scores=torch.randn(4, 8, generator=gen(21))), ValueError,
+     "scores must be sigmoid affinities in [0, 1] (pass torch.sigmoid(logits), not the logits)"),
+    (lambda: v3(scores=torch.ones(4, 8, dtype=torch.int64)), TypeError,
+     "deepseek_v3_route: scores must be a floating-point tensor"),
+    (lambda: moe.deepseek_v3_route(torch.rand(4, 8), torch.zeros(8), n_groups=1, topk_groups=1),
+     TypeError, "'k'"),
+    (lambda: moe.deepseek_v3_route(torch.rand(4, 8), torch.zeros(8), 1, 1, 2), TypeError,
+     "positional"),
     (lambda: moe.update_bias(torch.zeros(4), torch.zeros(3), 0.1), ValueError, "(n_experts,)"),
     (lambda: moe.update_bias(torch.zeros(4), torch.zeros(4), -0.1), ValueError, "gamma must be >= 0"),
     (lambda: moe.update_bias(torch.zeros(4, dtype=torch.int64), torch.zeros(4), 0.1), TypeError,
@@ -424,6 +559,8 @@ ERRORS += [
     (lambda: moe.MoE(8, 4, 4, 2, dispatch="magic"), ValueError, "dispatch must be 'sorted' or 'loop'"),
     (lambda: moe.MoE(8, 4, 4, 2, n_groups=2), ValueError, "needs score='sigmoid'"),
     (lambda: moe.MoE(8, 4, 4, 5), ValueError, "k must be in [1, topk_groups * group size] = [1, 4]"),
+    (lambda: moe.MoE(8, 4, 6, 2, score="sigmoid", n_groups=4), ValueError,
+     "MoE: n_groups must divide n_experts = 6, got 4"),
     (lambda: moe.MoE(8, 4, 4, 2, n_shared=-1), ValueError, "n_shared must be >= 0"),
     (lambda: moe.MoE(8, 4, 4, 2)(torch.randn(3, 7)), ValueError, "(..., d_model) = (..., 8)"),
 ]
