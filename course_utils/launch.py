@@ -14,9 +14,10 @@ What it guarantees, and why each piece is here:
 * **Each rank uses one CPU thread**: GNU OpenMP is not fork-safe, so a forked child whose parent
   already ran a parallel op hangs in its first matmul unless its thread pool is reset; one thread
   per rank is also what N ranks on a small CPU should use.
-* **Deterministic output**: each rank's ``print`` output is captured and printed after the run in
-  rank order as ``[rank r] ...``, so a notebook shows the same text on every run (interleaved
-  output from processes would not be). Low-level output (C++ warnings) is kept for error reports.
+* **Deterministic output**: each rank's ``print`` output (stdout) is captured and printed after the
+  run in rank order as ``[rank r] ...``, so a notebook shows the same text on every run
+  (interleaved output from processes would not be). A rank's stderr (Python warnings, which carry
+  file paths) and low-level output (C++ warnings) are kept for the error report of a failed rank.
 * **Errors surface fast**: a rank that raises is reported within a fraction of a second as one
   :class:`RankError` naming the rank, with its traceback; the other ranks are stopped.
 * **Nothing hangs**: after ``timeout`` seconds the ranks still running are killed and a
@@ -96,8 +97,8 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, fn
     lowlevel = tempfile.TemporaryFile(mode="w+b")
     os.dup2(lowlevel.fileno(), 1)
     os.dup2(lowlevel.fileno(), 2)
-    out = io.StringIO()
-    sys.stdout = sys.stderr = out
+    out, errbuf = io.StringIO(), io.StringIO()
+    sys.stdout, sys.stderr = out, errbuf   # stderr (warnings carry file paths) only in error reports
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR=_HOST, MASTER_PORT=str(port))
     if sys.platform.startswith("linux"):
@@ -128,7 +129,7 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, fn
         if tb is not None and tb.tb_frame.f_code is _rank_main.__code__:
             tb = tb.tb_next  # start the traceback at the learner's function, not in here
         text = "".join(traceback.format_exception(etype, err, tb))
-        q.put((rank, "error", text, out.getvalue() + low))
+        q.put((rank, "error", text, out.getvalue() + errbuf.getvalue() + low))
     finally:
         try:
             if dist.is_initialized():

@@ -200,3 +200,19 @@ def test_nccl_on_two_gpus():
     assert [r["device"] for r in out] == [0, 1]  # one GPU per rank
     for r in out:
         torch.testing.assert_close(r["sum"], torch.full((4,), 3.0))  # 1 + 2
+
+
+def warns_and_prints(rank, world_size):
+    import warnings
+
+    warnings.warn("a warning that names a file path")
+    print("only this line is echoed")
+    return rank
+
+
+@linux_only
+def test_only_stdout_is_echoed(capsys):
+    run_distributed(warns_and_prints, 2, timeout=60)
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"[rank {r}] only this line is echoed" for r in range(2)]
+    assert "warning" not in out.out + out.err
