@@ -1,0 +1,226 @@
+"""Tests of course_utils.flash_attention (generated from notebooks/06_flash_attention.ipynb), on a CPU.
+
+online_softmax and tiled_attention against torch.softmax and F.scaled_dot_product_attention in
+float64 (both loop orders, causal, ragged lengths), their HBM counts against closed forms written
+here independently, and the Triton kernels under TRITON_INTERPRET=1 on small shapes: output,
+log-sum-exp and gradients against SDPA, plus every bad-input error. The compiled kernels are tested
+by tests/test_flash_attention_gpu.py (skipped without CUDA).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+import course_utils.flash_attention as fa
+from course_utils.device import triton_mode
+from course_utils.flash_attention import (HBMCounter, flash_attention, flash_attention_forward,
+                                          online_softmax, tiled_attention)
+
+needs_triton = pytest.mark.skipif(triton_mode() == "unavailable", reason="Triton is not installed")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sdpa64(q, k, v, causal=False, scale=None):
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal, scale=scale)
+
+
+# ---------------------------------------------------------------- online softmax
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("block", [1, 5, 64, 1000])
+@pytest.mark.parametrize("shape", [(7,), (3, 50), (2, 3, 1), (4, 129)])
+def test_online_softmax_matches_torch(shape, block, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64) * 10).to(dtype)
+    assert_close(online_softmax(x, block), torch.softmax(x, -1))
+
+
+def test_online_softmax_large_values_and_gradient():
+    x = torch.tensor([[1000.0, 1001.0, 1002.0, -1000.0]], dtype=torch.float64, requires_grad=True)
+    y = online_softmax(x, 2)
+    assert_close(y, torch.softmax(x.detach(), -1))
+    g = torch.randn(1, 4, dtype=torch.float64)
+    y.backward(g)
+    xr = x.detach().clone().requires_grad_()
+    torch.softmax(xr, -1).backward(g)
+    assert_close(x.grad, xr.grad)
+
+
+@pytest.mark.parametrize("x, block, exc, match", [
+    (torch.randn(3, 4), 0, ValueError, "block must be a positive int"),
+    (torch.randn(3, 4), 2.0, ValueError, "block must be a positive int"),
+    (torch.randn(3, 4), True, ValueError, "block must be a positive int"),
+    (torch.arange(4), 2, TypeError, "floating-point tensor"),
+    ([1.0, 2.0], 2, TypeError, "floating-point tensor"),
+    (torch.randn(3, 0), 2, ValueError, "non-empty last dimension"),
+])
+def test_online_softmax_errors(x, block, exc, match):
+    with pytest.raises(exc, match=match):
+        online_softmax(x, block)
+
+
+# ---------------------------------------------------------------- tiled attention in PyTorch
+
+@pytest.mark.parametrize("order", ["fa1", "fa2"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("T, bq, bk", [(1, 4, 4), (37, 8, 5), (64, 16, 64), (100, 32, 16), (20, 64, 3)])
+def test_tiled_attention_matches_sdpa(T, bq, bk, causal, order):
+    torch.manual_seed(T)
+    q, k, v = torch.randn(3, 2, 3, T, 16, dtype=torch.float64)
+    out, _ = tiled_attention(q, k, v, block_q=bq, block_k=bk, causal=causal, order=order)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert_close(out, sdpa64(q, k, v, causal))
+
+
+def test_tiled_attention_float32_and_gradients():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 45, 32, requires_grad=True) for _ in range(3))
+    out, _ = tiled_attention(q, k, v, block_q=16, block_k=8, causal=True)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*ref, is_causal=True).backward(g)
+    for t, r in zip((q, k, v), ref):
+        assert_close(t.grad, r.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("T, d, bq, bk", [(100, 16, 32, 16), (64, 8, 64, 64), (37, 4, 8, 5), (1, 16, 4, 4)])
+def test_traffic_equals_closed_forms(T, d, bq, bk):
+    heads = 6
+    q, k, v = torch.randn(3, 2, 3, T, d, dtype=torch.float64)
+    tr, tc = -(-T // bq), -(-T // bk)
+    fa2 = tiled_attention(q, k, v, block_q=bq, block_k=bk, order="fa2")[1]
+    fa1 = tiled_attention(q, k, v, block_q=bq, block_k=bk, order="fa1")[1]
+    # FA2 (Dao, 2023): Q once, K and V once per query block; O and L written once.
+    assert fa2 == {"read": heads * (T * d + tr * 2 * T * d), "write": heads * (T * d + T)}
+    # FA1 (Dao et al., 2022): K, V once; Q, O, l, m read and O, l, m written once per key block,
+    # plus the initial write of O, l, m.
+    assert fa1 == {"read": heads * (2 * T * d + tc * (2 * T * d + 2 * T)),
+                   "write": heads * (T * d + 2 * T + tc * (T * d + 2 * T))}
+
+
+@pytest.mark.parametrize("T, b", [(64, 16), (96, 32), (40, 8)])
+def test_causal_traffic_fa2_square_blocks(T, b):
+    q, k, v = torch.randn(3, 1, 1, T, 8, dtype=torch.float64)
+    n = T // b
+    counted = tiled_attention(q, k, v, block_q=b, block_k=b, causal=True)[1]
+    assert counted["read"] == T * 8 + 2 * b * 8 * sum(range(1, n + 1))   # block i reads i + 1 K, V blocks
+    full = tiled_attention(q, k, v, block_q=b, block_k=b, causal=False)[1]
+    assert counted["read"] < full["read"] and counted["write"] == full["write"]
+
+
+def test_hbm_counter_counts_and_copies():
+    hbm = HBMCounter()
+    x = torch.ones(3, 4)
+    y = hbm.load(x)
+    y += 1
+    assert torch.equal(x, torch.ones(3, 4))          # a load is a copy, like HBM -> SRAM
+    assert hbm.store(y) is y and hbm.counts() == {"read": 12, "write": 12}
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(order="fa3"), ValueError, "order must be 'fa1' or 'fa2'"),
+    (dict(block_q=0), ValueError, "block_q must be a positive int"),
+    (dict(block_k=2.5), ValueError, "block_k must be a positive int"),
+    (dict(causal="yes"), TypeError, "causal must be True or False"),
+])
+def test_tiled_attention_errors(kwargs, exc, match):
+    q = torch.randn(1, 1, 8, 4)
+    args = dict(block_q=4, block_k=4) | kwargs
+    with pytest.raises(exc, match=match):
+        tiled_attention(q, q, q, **args)
+
+
+def test_tiled_attention_shape_and_dtype_errors():
+    q = torch.randn(1, 1, 8, 4)
+    with pytest.raises(ValueError, match=r"must all have shape \(B, H, T, d\)"):
+        tiled_attention(q, q[..., :5, :], q, block_q=4, block_k=4)
+    with pytest.raises(TypeError, match="one floating dtype"):
+        tiled_attention(q, q.double(), q, block_q=4, block_k=4)
+    with pytest.raises(TypeError, match="one floating dtype"):
+        tiled_attention(*(torch.ones(1, 1, 8, 4, dtype=torch.long),) * 3, block_q=4, block_k=4)
+
+
+# ---------------------------------------------------------------- the Triton kernels (interpreter on a CPU)
+
+TOL = {torch.float32: 2e-5, torch.float16: 4e-3}
+
+
+@needs_triton
+@pytest.mark.parametrize("B, H, T, d, dtype, causal", [
+    (1, 1, 1, 16, torch.float32, True),
+    (2, 2, 19, 32, torch.float16, False),
+    (1, 2, 40, 64, torch.float32, True),
+    (1, 1, 33, 128, torch.float16, True),
+])
+def test_flash_attention_output_and_gradients(B, H, T, d, dtype, causal):
+    torch.manual_seed(T + d)
+    q, k, v, do = (torch.randn(B, H, T, d, device=DEV).to(dtype) for _ in range(4))
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*x, causal=causal)
+    out.backward(do)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*xr, is_causal=causal)
+    ref.backward(do.double())
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out.double(), ref, atol=TOL[dtype], rtol=0)
+    for t, r in zip(x, xr):
+        assert t.grad.dtype == dtype
+        assert_close(t.grad.double(), r.grad, atol=TOL[dtype], rtol=0)
+
+
+@needs_triton
+def test_log_sum_exp_scale_and_strides():
+    torch.manual_seed(3)
+    T, d = 27, 16
+    x = torch.randn(3, 1, T, 2, d, device=DEV)                 # (3, B, T, H, d)
+    q, k, v = (t.transpose(1, 2) for t in x)                   # (B, H, T, d) views, not contiguous
+    o, lse = flash_attention_forward(q, k, v, causal=True, sm_scale=0.5)
+    s = 0.5 * q.double() @ k.double().transpose(-2, -1)
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=DEV).triu(1), -math.inf)
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, T)
+    assert_close(lse.double(), s.logsumexp(-1), atol=1e-5, rtol=0)
+    assert_close(o.double(), sdpa64(q, k, v, True, 0.5), atol=1e-5, rtol=0)
+
+
+def _qkv(shape=(1, 2, 8, 32), dtype=torch.float32):
+    return [torch.randn(shape, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("args, kwargs, exc, match", [
+    (_qkv((1, 2, 8, 24)), {}, ValueError, r"head dim d must be one of \(16, 32, 64, 128\), got d = 24"),
+    (_qkv((1, 2, 8, 256)), {}, ValueError, "head dim d must be one of"),
+    (_qkv(dtype=torch.float64), {}, TypeError, "float16, bfloat16, float32"),
+    ([torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32).half(), torch.randn(1, 2, 8, 32)], {}, TypeError,
+     "share one dtype"),
+    ([torch.randn(1, 2, 8, 32), torch.randn(1, 2, 5, 32), torch.randn(1, 2, 8, 32)], {}, ValueError,
+     r"same shape \[B, H, T, d\]"),
+    (_qkv((2, 8, 32)), {}, ValueError, r"same shape \[B, H, T, d\]"),
+    (_qkv((1, 2, 0, 32)), {}, ValueError, "B, H and T must be at least 1"),
+    (_qkv(), {"causal": 1}, TypeError, "causal must be True or False"),
+    (_qkv(), {"sm_scale": -1.0}, ValueError, "sm_scale must be a positive finite number"),
+    (_qkv(), {"sm_scale": float("inf")}, ValueError, "sm_scale must be a positive finite number"),
+    ([1, 2, 3], {}, TypeError, "must be torch tensors"),
+])
+def test_flash_attention_errors(args, kwargs, exc, match):
+    for fn in (flash_attention, flash_attention_forward):
+        with pytest.raises(exc, match=match):
+            fn(*args, **kwargs)
+
+
+@pytest.mark.skipif(not fa.INTERPRET, reason="only the CPU interpreter refuses bfloat16")
+def test_interpreter_refuses_bfloat16():
+    with pytest.raises(TypeError, match="interpreter computes bfloat16 arithmetic wrongly"):
+        flash_attention(*_qkv(dtype=torch.bfloat16))
+
+
+def test_clear_errors_without_triton_or_interpreter(monkeypatch):
+    monkeypatch.setattr(fa, "HAS_TRITON", False)
+    with pytest.raises(RuntimeError, match="Triton is not installed"):
+        flash_attention(*_qkv())
+    monkeypatch.setattr(fa, "HAS_TRITON", True)
+    monkeypatch.setattr(fa, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match="need a CUDA GPU, or TRITON_INTERPRET=1"):
+        flash_attention(*_qkv())                               # CPU tensors, no interpreter
