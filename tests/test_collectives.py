@@ -1,0 +1,401 @@
+"""Tests of course_utils.collectives (generated from notebooks/07_collectives.ipynb).
+
+Every collective built from send/recv is compared with torch.distributed's own on 2, 3 and 4
+real processes (gloo), on awkward sizes and several dtypes; the ring all-reduce's byte count with
+its formula; the Megatron tensor-parallel MLP's output and gradients with the dense MLP; and every
+bad-input error.
+"""
+import importlib.util
+import time
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from course_utils import collectives as C
+from course_utils.launch import RankError
+
+ROOT = Path(__file__).resolve().parent.parent
+OPS = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT, "max": dist.ReduceOp.MAX,
+       "min": dist.ReduceOp.MIN}
+
+
+
+def launch(fn, n, *args):
+    """Every test launch goes through the module's run_ranks (run_distributed plus a retry of
+    start-up hangs; see its docstring)."""
+    return C.run_ranks(fn, n, *args, timeout=10, echo=False)
+
+def rand(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    if dtype in (torch.int64, torch.int32):
+        return torch.randint(-5, 6, shape, generator=g, dtype=dtype)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+# --------------------------------------------------------------------------- the eight collectives
+def eight_vs_dist(rank, n):
+    """Each collective, ours and the library's, on the same awkward inputs. Returns name -> pairs."""
+    out = {}
+    src = n - 1
+    x = rand((7,), torch.float64, rank)                                   # length 7: awkward
+    ref = x.clone()
+    dist.broadcast(ref, src)
+    out["broadcast"] = (C.p2p_broadcast(x, src), ref)
+
+    big = rand((2 * n, 3), torch.float32, 100 + rank)                     # equal pieces for dist
+    ref = torch.empty(2, 3)
+    dist.scatter(ref, list(big.tensor_split(n)) if rank == 1 % n else None, src=1 % n)
+    out["scatter"] = (C.p2p_scatter(big, 1 % n), ref)
+    x7 = torch.arange(7.0) * 10                                           # uneven: 7 over n
+    out["scatter uneven"] = (C.p2p_scatter(x7 + rank, 0), x7.tensor_split(n)[rank])  # src 0's values
+
+    g = rand((2, 3), torch.int64, 200 + rank)
+    refs = [torch.empty_like(g) for _ in range(n)] if rank == src else None
+    dist.gather(g, refs, dst=src)
+    mine = C.p2p_gather(g, src)
+    out["gather"] = (torch.stack(mine), torch.stack(refs)) if rank == src else (mine, None)
+
+    for op in ("sum", "max", "min"):
+        ref = x.clone()
+        dist.reduce(ref, dst=1 % n, op=OPS[op])
+        mine = C.p2p_reduce(x, 1 % n, op)
+        out[f"reduce {op}"] = (mine, ref) if rank == 1 % n else (mine, None)
+
+    a = rand((3, 5), torch.int64, 300 + rank)
+    refs = [torch.empty_like(a) for _ in range(n)]
+    dist.all_gather(refs, a)
+    out["all_gather"] = (torch.stack(C.p2p_all_gather(a)), torch.stack(refs))
+
+    pieces = list(rand((7,), torch.float32, 400 + rank).tensor_split(n))  # uneven pieces
+    for op in ("sum", "max"):
+        ref = torch.empty_like(pieces[rank])
+        dist.reduce_scatter(ref, pieces, op=OPS[op])
+        out[f"reduce_scatter {op}"] = (C.p2p_reduce_scatter(pieces, op), ref)
+
+    ref = x.clone()
+    dist.all_reduce(ref)
+    out["naive_all_reduce"] = (C.naive_all_reduce(x), ref)
+
+    chunks = [rand((2, 3), torch.float64, 500 + 10 * rank + j) for j in range(n)]
+    ref = torch.empty(n, 2, 3, dtype=torch.float64)
+    dist.all_to_all_single(ref, torch.stack(chunks))      # (n, 2, 3): block j goes to rank j
+    out["all_to_all"] = (torch.stack(C.p2p_all_to_all(chunks)), ref)
+    return out
+
+
+@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda n: f"{n}ranks")
+def eight(request):
+    return request.param, launch(eight_vs_dist, request.param)
+
+
+@pytest.mark.parametrize("name", ["broadcast", "scatter", "scatter uneven", "gather", "reduce sum",
+                                  "reduce max", "reduce min", "all_gather", "reduce_scatter sum",
+                                  "reduce_scatter max", "naive_all_reduce", "all_to_all"])
+def test_collective_matches_torch_distributed(eight, name):
+    n, res = eight
+    for rank, r in enumerate(res):
+        mine, ref = r[name]
+        if ref is None:                      # a rooted collective gives non-roots nothing
+            assert mine is None, f"{name}: rank {rank} should get None"
+        else:
+            assert_close(mine, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}, rank {rank}: {m}")
+
+
+# --------------------------------------------------------------------------------- ring all-reduce
+RING_CASES = [((7,), torch.float32, "sum"), ((1,), torch.float64, "sum"), ((3, 5), torch.float64, "max"),
+              ((2, 3, 2), torch.int64, "sum"), ((5,), torch.int64, "min"), ((6,), torch.float64, "prod"),
+              ((9,), torch.bfloat16, "sum")]
+
+
+def ring_vs_dist(rank, n):
+    out = []
+    for shape, dtype, op in RING_CASES:
+        x = rand(shape, dtype, 10 * rank + len(out))
+        ref = x.clone()
+        dist.all_reduce(ref, op=OPS[op])
+        out.append((C.ring_all_reduce(x, op), ref))
+    stats = {}
+    for length in (12, 7):
+        st = C.CommStats()
+        C.ring_all_reduce(torch.ones(length), stats=st)
+        stats[length] = (st.bytes_sent, st.bytes_received, st.messages_sent)
+    st = C.CommStats()
+    C.p2p_all_gather(torch.ones(5, dtype=torch.float64), stats=st)
+    stats["all_gather"] = st.bytes_sent
+    return out, stats
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_ring_all_reduce_matches_dist_and_sends_the_formula_bytes(n):
+    res = launch(ring_vs_dist, n)
+    for rank, (pairs, _) in enumerate(res):
+        for (shape, dtype, op), (mine, ref) in zip(RING_CASES, pairs):
+            assert mine.shape == ref.shape and mine.dtype == ref.dtype
+            tol = dict(rtol=2e-2, atol=5e-2) if dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
+            assert_close(mine, ref, **tol, msg=lambda m: f"{op} {shape} {dtype} rank {rank}: {m}")
+    per_rank = [s[12] for _, s in res]       # K = 48 bytes, divisible by N
+    for sent, received, messages in per_rank:
+        assert sent == received == 2 * (n - 1) * 48 // n
+        assert messages == 2 * (n - 1)
+    awkward = [s[7][0] for _, s in res]      # K = 28 bytes: uneven chunks, exact total
+    assert sum(awkward) == 2 * (n - 1) * 28
+    assert all(s["all_gather"] == (n - 1) * 5 * 8 for _, s in res)
+
+
+def test_ring_chunk_indices_formulas_and_consistency():
+    for n in range(1, 9):
+        for s in range(max(n - 1, 1)):
+            for r in range(n):
+                rs = C.ring_chunk_indices(r, s, n, "reduce-scatter")
+                ag = C.ring_chunk_indices(r, s, n, "all-gather")
+                assert rs == ((r - s) % n, (r - s - 1) % n)
+                assert ag == ((r + 1 - s) % n, (r - s) % n)
+                left = (r - 1) % n       # what the left neighbour sends is what r receives
+                assert C.ring_chunk_indices(left, s, n, "reduce-scatter")[0] == rs[1]
+                assert C.ring_chunk_indices(left, s, n, "all-gather")[0] == ag[1]
+        if n > 1:                        # after reduce-scatter, rank r owns chunk (r+1) mod N
+            assert [C.ring_chunk_indices(r, n - 2, n, "reduce-scatter")[1] for r in range(n)] == \
+                   [(r + 1) % n for r in range(n)]
+
+
+def test_bus_bandwidth_factors_of_nccl_tests():
+    for n in (1, 2, 3, 4, 8):
+        assert C.bus_bandwidth(10.0, n) == pytest.approx(10.0 * 2 * (n - 1) / n)
+        assert C.bus_bandwidth(10.0, n, "all_gather") == pytest.approx(10.0 * (n - 1) / n)
+        assert C.bus_bandwidth(10.0, n, "reduce_scatter") == pytest.approx(10.0 * (n - 1) / n)
+        assert C.bus_bandwidth(10.0, n, "broadcast") == 10.0
+
+
+# ------------------------------------------------------------------------- tensor-parallel MLP
+def dense_mlp(b, s, h, dtype):
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(h, 4 * h).to(dtype), nn.Linear(4 * h, h).to(dtype)
+    x = torch.randn(b, s, h, dtype=dtype, requires_grad=True)
+    w = torch.randn(b, s, h, dtype=dtype)
+    return fc1, fc2, x, w
+
+
+def tp_step(rank, n, b, s, h, dtype):
+    fc1, fc2, x, w = dense_mlp(b, s, h, dtype)
+    calls = []
+
+    def all_reduce(t):
+        calls.append(tuple(t.shape))
+        return C._library_all_reduce_sum(t)
+
+    mlp = C.TensorParallelMLP(fc1, fc2, rank, n, all_reduce=all_reduce)
+    z = mlp(x)
+    (z * w).sum().backward()
+    out = {"z": z, "x": x.grad, "calls": calls, **{k: p.grad for k, p in mlp.named_parameters()}}
+    if rank == 0:  # the dense reference, computed in a rank: this (parent) process never runs
+        fc1, fc2, x, w = dense_mlp(b, s, h, dtype)  # backward, so later forks can (see notebook 07)
+        z = fc2(F.gelu(fc1(x)))
+        (z * w).sum().backward()
+        out["dense"] = {"z": z, "x": x.grad, "fc1.weight": fc1.weight.grad, "fc1.bias": fc1.bias.grad,
+                        "fc2.weight": fc2.weight.grad, "fc2.bias": fc2.bias.grad}
+    return out
+
+
+@pytest.mark.parametrize("n, b, s, h, dtype", [(2, 2, 3, 8, torch.float32), (4, 1, 5, 6, torch.float64),
+                                               (3, 2, 1, 3, torch.float64)])
+def test_tensor_parallel_mlp_output_and_gradients_equal_dense(n, b, s, h, dtype):
+    res = launch(tp_step, n, b, s, h, dtype)
+    ref = res[0]["dense"]
+    for r in res:
+        assert_close(r["z"], ref["z"])
+        assert_close(r["x"], ref["x"])
+        assert_close(r["fc2.bias"], ref["fc2.bias"])
+        assert r["calls"] == [(b, s, h), (b, s, h)]   # g forward, f backward
+    assert_close(torch.cat([r["fc1.weight"] for r in res], 0), ref["fc1.weight"])
+    assert_close(torch.cat([r["fc1.bias"] for r in res], 0), ref["fc1.bias"])
+    assert_close(torch.cat([r["fc2.weight"] for r in res], 1), ref["fc2.weight"])
+
+
+def test_tensor_parallel_mlp_on_one_rank_is_the_dense_mlp_without_processes():
+    fc1, fc2, x, w = dense_mlp(3, 2, 4, torch.float64)
+    mlp = C.TensorParallelMLP(fc1, fc2, 0, 1, all_reduce=lambda t: t)
+    with torch.no_grad():                            # no backward in this process (see tp_step)
+        assert_close(mlp(x), fc2(F.gelu(fc1(x))))
+
+
+def test_tp_ring_bytes_two_all_reduces_per_step():
+    def fn(rank, n):
+        torch.manual_seed(0)
+        st = C.CommStats()
+        mlp = C.TensorParallelMLP(nn.Linear(6, 24), nn.Linear(24, 6), rank, n,
+                                  all_reduce=lambda t: C.ring_all_reduce(t, stats=st))
+        mlp(torch.randn(2, 2, 6, requires_grad=True)).sum().backward()
+        return st.bytes_sent
+    K = 2 * 2 * 6 * 4
+    assert launch(fn, 3) == [2 * 2 * (3 - 1) * K // 3] * 3
+
+
+# ---------------------------------------------------------------------------- the benchmark
+def test_allreduce_bandwidth_rows_and_the_script_in_ranks(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench07", ROOT / "benchmarks" / "07_allreduce_bandwidth.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.parse_size("4K") == 4096 and script.parse_size("1M") == 2 ** 20 and script.parse_size("64") == 64
+    launch(lambda r, n: script.main(["--sizes", "4K,8K", "--reps", "1", "--no-png", "--out-dir", str(tmp_path)]), 3)
+    lines = (tmp_path / "07_allreduce_bandwidth.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["backend", "world_size", "device", "algorithm", "bytes", "seconds",
+                                   "algbw_GBps", "busbw_GBps"]
+    assert len(lines) == 1 + 2 * len(C.ALL_REDUCE_ALGORITHMS)
+    for line in lines[1:]:
+        backend, ws, _, _, nbytes, seconds, algbw, busbw = line.split(",")
+        assert backend == "gloo" and ws == "3" and int(nbytes) in (4096, 8192)
+        assert float(algbw) == pytest.approx(int(nbytes) / float(seconds) / 1e9)
+        assert float(busbw) == pytest.approx(float(algbw) * 2 * 2 / 3)
+
+
+# ------------------------------------------------------------------------------ bad inputs
+def test_outside_a_process_group_every_collective_says_where_to_call_it():
+    calls = {"p2p_broadcast": lambda: C.p2p_broadcast(torch.ones(2)),
+             "p2p_scatter": lambda: C.p2p_scatter(torch.ones(2)),
+             "p2p_gather": lambda: C.p2p_gather(torch.ones(2)),
+             "p2p_reduce": lambda: C.p2p_reduce(torch.ones(2)),
+             "p2p_all_gather": lambda: C.p2p_all_gather(torch.ones(2)),
+             "p2p_reduce_scatter": lambda: C.p2p_reduce_scatter([torch.ones(2)]),
+             "p2p_all_to_all": lambda: C.p2p_all_to_all([torch.ones(2)]),
+             "naive_all_reduce": lambda: C.naive_all_reduce(torch.ones(2)),
+             "ring_all_reduce": lambda: C.ring_all_reduce(torch.ones(2)),
+             "allreduce_bandwidth": lambda: C.allreduce_bandwidth([4096])}
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=f"{name}: needs an initialised process group"):
+            call()
+
+
+BAD_IN_RANKS = [
+    (lambda n: C.p2p_broadcast(torch.ones(2), src=n), ValueError, r"p2p_broadcast: src must be a rank in \[0, 1\]"),
+    (lambda n: C.p2p_broadcast([1.0, 2.0]), TypeError, "p2p_broadcast: x must be a torch.Tensor, got list"),
+    (lambda n: C.p2p_scatter(torch.tensor(3.0)), ValueError, "p2p_scatter: x must have at least 1 dimension"),
+    (lambda n: C.p2p_gather(torch.ones(2), dst=-1), ValueError, r"p2p_gather: dst must be a rank in \[0, 1\]"),
+    (lambda n: C.p2p_gather(torch.ones(2), dst=True), ValueError, "p2p_gather: dst must be a rank"),
+    (lambda n: C.p2p_reduce(torch.ones(2), op="mean"), ValueError, "p2p_reduce: op must be one of"),
+    (lambda n: C.p2p_reduce(torch.ones(2), dst=5), ValueError, r"p2p_reduce: dst must be a rank in \[0, 1\]"),
+    (lambda n: C.naive_all_reduce(torch.ones(2), op="mean"), ValueError, "naive_all_reduce: op must be one of"),
+    (lambda n: C.p2p_all_gather(torch.ones(2), stats=3), TypeError, "p2p_all_gather: stats must be a CommStats"),
+    (lambda n: C.p2p_reduce_scatter([torch.ones(2)] * 3), ValueError,
+     "p2p_reduce_scatter: chunks must be a list of world_size = 2 tensors, got 3 items"),
+    (lambda n: C.p2p_reduce_scatter(torch.ones(2)), ValueError, "chunks must be a list of world_size = 2 tensors, got Tensor"),
+    (lambda n: C.p2p_reduce_scatter([torch.ones(2), torch.ones(2, dtype=torch.int64)]), ValueError,
+     r"every chunk must have the dtype and device of chunks\[0\]"),
+    (lambda n: C.p2p_all_to_all([torch.ones(2), torch.ones(3)]), ValueError,
+     r"p2p_all_to_all: every chunk must have the shape of chunks\[0\] = \(2,\); chunks\[1\] has \(3,\)"),
+    (lambda n: C.p2p_all_to_all([torch.ones(2), "x"]), TypeError, r"chunks\[1\] must be a torch.Tensor"),
+    (lambda n: C.ring_all_reduce(torch.ones(2), op="avg"), ValueError, "ring_all_reduce: op must be one of"),
+    (lambda n: C.ring_all_reduce(torch.ones(2), stats={}), TypeError, "stats must be a CommStats or None, got dict"),
+    (lambda n: C.allreduce_bandwidth([2]), ValueError, "sizes must be a non-empty list of byte counts >= 4"),
+    (lambda n: C.allreduce_bandwidth([4096], reps=0), ValueError, "reps must be an int >= 1"),
+]
+
+
+def bad_inputs(rank, n):
+    out = []
+    for call, _, _ in BAD_IN_RANKS:
+        try:
+            call(n)
+            out.append(None)
+        except Exception as e:  # noqa: BLE001 - compared in the parent
+            out.append((type(e).__name__, str(e)))
+    return out
+
+
+def test_bad_inputs_inside_a_process_group():
+    res = launch(bad_inputs, 2)
+    for got in res:
+        for (_, exc, pattern), g in zip(BAD_IN_RANKS, got):
+            assert g is not None, f"expected {exc.__name__} matching {pattern!r}, nothing raised"
+            assert g[0] == exc.__name__ and re.search(pattern, g[1]), (pattern, g)
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    ((0, 0, 0, "reduce-scatter"), ValueError, "n must be an int >= 1"),
+    ((4, 0, 4, "reduce-scatter"), ValueError, r"rank must be in \[0, 3\], got 4"),
+    ((0, 3, 4, "reduce-scatter"), ValueError, r"step must be in \[0, 2\]"),
+    ((0, 0, 4, "gather"), ValueError, "phase must be one of"),
+])
+def test_ring_chunk_indices_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        C.ring_chunk_indices(*args)
+
+
+def test_bus_bandwidth_bad_input():
+    with pytest.raises(ValueError, match="collective must be one of"):
+        C.bus_bandwidth(1.0, 2, "all_to_all")
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        C.bus_bandwidth(1.0, 0)
+
+
+def test_tensor_parallel_layers_bad_input():
+    with pytest.raises(ValueError, match="out_features = 30 must be divisible by world_size = 4"):
+        C.ColumnParallelLinear(nn.Linear(8, 30), 0, 4)
+    with pytest.raises(ValueError, match="in_features = 30 must be divisible by world_size = 4"):
+        C.RowParallelLinear(nn.Linear(30, 8), 0, 4)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 1\], got 2"):
+        C.ColumnParallelLinear(nn.Linear(8, 16), 2, 2)
+    with pytest.raises(ValueError, match="world_size must be an int >= 1"):
+        C.RowParallelLinear(nn.Linear(8, 16), 0, 0)
+    with pytest.raises(TypeError, match="linear must be an nn.Linear, got Conv1d"):
+        C.ColumnParallelLinear(nn.Conv1d(2, 2, 1), 0, 1)
+    with pytest.raises(ValueError, match="fc1.out_features == fc2.in_features"):
+        C.TensorParallelMLP(nn.Linear(4, 16), nn.Linear(8, 4), 0, 2)
+    col = C.ColumnParallelLinear(nn.Linear(8, 16), 0, 2, all_reduce=lambda t: t)
+    with pytest.raises(ValueError, match=r"last dimension in_features = 8, got shape \(3, 7\)"):
+        col(torch.ones(3, 7))
+    row = C.RowParallelLinear(nn.Linear(16, 8), 1, 2, all_reduce=lambda t: t)
+    with pytest.raises(ValueError, match=r"in_features / world_size = 8, got shape \(3, 16\)"):
+        row(torch.ones(3, 16))
+
+
+def test_column_and_row_shards_are_the_right_slices():
+    torch.manual_seed(0)
+    lin1, lin2 = nn.Linear(6, 12), nn.Linear(12, 6)
+    col = [C.ColumnParallelLinear(lin1, r, 3, all_reduce=lambda t: t) for r in range(3)]
+    row = [C.RowParallelLinear(lin2, r, 3, all_reduce=lambda t: t) for r in range(3)]
+    assert_close(torch.cat([c.weight for c in col], 0), lin1.weight)     # (12, 6): output blocks
+    assert_close(torch.cat([c.bias for c in col], 0), lin1.bias)
+    assert_close(torch.cat([r.weight for r in row], 1), lin2.weight)     # (6, 12): input blocks
+    assert all(torch.equal(r.bias, lin2.bias) for r in row)             # the full bias, added once
+
+
+def fails_in_fn(rank, n):
+    raise ValueError(f"boom on rank {rank}")
+
+
+def deadlocks_in_fn(rank, n):
+    t = torch.zeros(1)
+    dist.recv(t, src=1 - rank)
+
+
+def test_run_ranks_returns_results_and_does_not_retry_failures_inside_fn():
+    assert C.run_ranks(lambda r, n, k: r * k, 3, 10, echo=False) == [0, 10, 20]
+    with pytest.raises(RankError, match="boom on rank"):
+        C.run_ranks(fails_in_fn, 2, echo=False)
+    t0 = time.monotonic()
+    with pytest.raises((TimeoutError, RankError)):
+        C.run_ranks(deadlocks_in_fn, 2, timeout=1.5, echo=False)
+    assert time.monotonic() - t0 < 4, "a deadlock inside fn must not be retried"
+
+
+def test_run_ranks_retries_a_start_up_hang(monkeypatch, tmp_path):
+    """Simulate the launcher's start-up hang: the first rank to reach init_process_group in the
+    first launch blocks there (so no rank ever reaches fn); the retry must then succeed."""
+    flag, real_init = tmp_path / "hung_once", dist.init_process_group
+
+    def init_that_hangs_once(*args, **kwargs):
+        try:
+            flag.open("x").close()              # only the first caller of all attempts gets here
+        except FileExistsError:
+            return real_init(*args, **kwargs)
+        time.sleep(3600)                        # killed by the launcher after its timeout
+
+    monkeypatch.setattr(dist, "init_process_group", init_that_hangs_once)
+    assert C.run_ranks(lambda r, n: r + 1, 2, timeout=1.5, echo=False) == [1, 2]
+    assert flag.exists()
