@@ -89,34 +89,6 @@ def send_recv(send_t: torch.Tensor, dst: int, recv_buf: torch.Tensor, src: int,
         stats.bytes_received += recv_buf.numel() * recv_buf.element_size()
     return recv_buf
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 15, retries: int = 2, **kwargs) -> list:
-    """``course_utils.launch.run_distributed`` with a retry when the ranks hang at start-up.
-
-    The launcher forks rank k while its rendezvous-store thread may be serving an earlier rank's
-    connection inside glibc's getnameinfo, which holds the resolver lock; the forked rank inherits
-    the lock held and deadlocks in its own store connection (seen in about 2% of 4-rank launches).
-    That hang happens before ``fn`` runs anywhere, so this wrapper counts the ranks that reached
-    ``fn`` and retries (at most ``retries`` times) only when none did. ``timeout`` is per attempt.
-    """
-    import multiprocessing as mp  # noqa: PLC0415
-    from course_utils.launch import RankError, default_start_method, run_distributed  # noqa: PLC0415
-
-    if default_start_method() != "fork" or kwargs.get("start_method", "fork") != "fork":
-        return run_distributed(fn, world_size, *args, timeout=timeout, **kwargs)
-    started = mp.get_context("fork").Value("i", 0)
-
-    def counted(rank, n, *a):
-        with started.get_lock():
-            started.value += 1
-        return fn(rank, n, *a)
-
-    for attempt in range(retries + 1):
-        try:
-            return run_distributed(counted, world_size, *args, timeout=timeout, **kwargs)
-        except (TimeoutError, RankError):
-            if started.value or attempt == retries:
-                raise
-
 def p2p_broadcast(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) -> torch.Tensor:
     """Broadcast from send/recv (a star): ``src`` sends its ``x`` to every other rank.
 

@@ -35,6 +35,7 @@ import io
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import sys
 import tempfile
@@ -88,17 +89,20 @@ def _detach(x):
     return x
 
 
-def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, fn, args, q):
+def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, logdir, go, fn,
+               args, q):
     _die_with_parent()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
         os._exit(1)
     torch.set_num_threads(threads)
-    # Capture fd-level output (C++ warnings) in a file and Python-level prints in a buffer.
-    lowlevel = tempfile.TemporaryFile(mode="w+b")
-    os.dup2(lowlevel.fileno(), 1)
-    os.dup2(lowlevel.fileno(), 2)
-    out, errbuf = io.StringIO(), io.StringIO()
-    sys.stdout, sys.stderr = out, errbuf   # stderr (warnings carry file paths) only in error reports
+    # Prints go to a line-buffered file the parent reads (also after a timeout); stderr (Python
+    # warnings, which carry file paths) and fd-level output (C++ warnings) only reach error reports.
+    out = open(os.path.join(logdir, f"rank{rank}.out"), "w", buffering=1, encoding="utf-8")
+    err = open(os.path.join(logdir, f"rank{rank}.err"), "w", buffering=1, encoding="utf-8")
+    low = open(os.path.join(logdir, f"rank{rank}.low"), "wb", buffering=0)
+    os.dup2(low.fileno(), 1)
+    os.dup2(low.fileno(), 2)
+    sys.stdout, sys.stderr = out, err
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR=_HOST, MASTER_PORT=str(port))
     if sys.platform.startswith("linux"):
@@ -107,6 +111,11 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, fn
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0")
     td = datetime.timedelta(seconds=timeout)
     try:
+        # Wait until every rank has been forked before anyone connects to the store: a fork taken
+        # while the parent's store thread serves a connection (inside getnameinfo, holding glibc's
+        # resolver lock) gives the child that lock held forever, and the child hangs.
+        if not go.wait(timeout):
+            raise TimeoutError(f"rank {rank} was never told to start")
         if backend == "nccl":
             torch.cuda.set_device(rank)
         store = dist.TCPStore(_HOST, port, None, False, timeout=td,
@@ -120,16 +129,15 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, fn
             raise TypeError(f"rank {rank} returned a value that cannot be sent back to the "
                             f"notebook ({type(e).__name__}: {e}); return tensors, numbers, "
                             f"strings, or lists/dicts of them") from e
-        q.put((rank, "ok", buf.getvalue(), out.getvalue()))
+        out.flush()
+        q.put((rank, "ok", buf.getvalue()))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
-        lowlevel.flush()
-        lowlevel.seek(0)
-        low = lowlevel.read().decode(errors="replace")
-        etype, err, tb = sys.exc_info()
+        etype, exc, tb = sys.exc_info()
         if tb is not None and tb.tb_frame.f_code is _rank_main.__code__:
             tb = tb.tb_next  # start the traceback at the learner's function, not in here
-        text = "".join(traceback.format_exception(etype, err, tb))
-        q.put((rank, "error", text, out.getvalue() + errbuf.getvalue() + low))
+        out.flush()
+        err.flush()
+        q.put((rank, "error", "".join(traceback.format_exception(etype, exc, tb))))
     finally:
         try:
             if dist.is_initialized():
@@ -140,7 +148,16 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, fn
         q.join_thread()
 
 
+def _read(logdir: str, rank: int, kind: str) -> str:
+    try:
+        with open(os.path.join(logdir, f"rank{rank}.{kind}"), "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _reap(procs) -> None:
+    procs = [p for p in procs if p.pid is not None]  # a failed start leaves some unstarted
     for p in procs:
         if p.is_alive():
             p.terminate()
@@ -218,12 +235,14 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
     store = dist.TCPStore(_HOST, 0, None, True, timeout=td, wait_for_workers=False,
                           use_libuv=not sys.platform.startswith("win"))
     ctx = mp.get_context(method)
-    q = ctx.Queue()
+    q, go = ctx.Queue(), ctx.Event()
+    logdir = tempfile.mkdtemp(prefix="run_distributed-")
+    parent = os.getpid() if method == "fork" else None  # forkserver children have another parent
     procs = [ctx.Process(target=_rank_main, name=f"rank{r}", daemon=True,
                          args=(r, world_size, backend, store.port, timeout, threads_per_rank,
-                               os.getpid(), fn, args, q))
+                               parent, logdir, go, fn, args, q))
              for r in range(world_size)]
-    results, outputs = {}, {}
+    results: dict[int, bytes] = {}
     try:
         with warnings.catch_warnings():
             # Python 3.12+ warns that fork() in a multi-threaded process may deadlock; the
@@ -231,9 +250,10 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             warnings.simplefilter("ignore", DeprecationWarning)
             for p in procs:
                 p.start()
+        go.set()  # every rank exists now: they may connect to the store (see _rank_main)
         deadline = time.monotonic() + timeout
-        failures: dict[int, tuple[str, str]] = {}  # rank -> (traceback or death note, output)
-        died: set[int] = set()                     # ranks that exited without reporting
+        failures: dict[int, str] = {}  # rank -> traceback, or how the process died
+        died: set[int] = set()         # ranks that exited without reporting
         grace_end = None
         while len(results) + len(failures) < world_size:
             now = time.monotonic()
@@ -241,48 +261,68 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                 break
             if grace_end is None and now >= deadline:
                 pending = [r for r in range(world_size) if r not in results]
-                raise TimeoutError(
-                    f"run_distributed: rank{'s' if len(pending) > 1 else ''} "
-                    f"{', '.join(map(str, pending))} did not finish within {timeout:g} s and "
-                    f"{'were' if len(pending) > 1 else 'was'} stopped. A common cause is a rank "
-                    f"waiting in a collective (or recv) that another rank never calls.")
+                raise TimeoutError(_timeout_text(pending, results, timeout, logdir))
             try:
-                rank, status, payload, out = q.get(timeout=0.1)
+                rank, status, payload = q.get(timeout=0.1)
             except queue.Empty:
                 for r, p in enumerate(procs):
                     if r in results or r in failures or p.exitcode is None:
                         continue
                     try:  # a report may still be in the pipe
-                        rank, status, payload, out = q.get(timeout=1.0)
+                        rank, status, payload = q.get(timeout=1.0)
                         break
                     except queue.Empty:
-                        failures[r] = (_death_text(p.exitcode), "")
+                        failures[r] = _death_text(p.exitcode)
                         died.add(r)
                         grace_end = grace_end or time.monotonic() + 1.0
                 else:
                     continue
             if status == "error":
-                failures[rank] = (payload, out)
+                failures[rank] = payload
                 # Peers of a failed rank fail soon after ("connection reset"); wait a moment so
                 # the report blames the rank that failed first, not one that saw the fallout.
                 grace_end = grace_end or time.monotonic() + 1.0
             else:
-                results[rank], outputs[rank] = payload, out
+                results[rank] = payload
         if failures:
             first = min(died) if died else next(iter(failures))
-            detail, out = failures[first]
+            detail = failures[first] + _hint(failures[first])
             others = [r for r in failures if r != first]
             if others:
-                lines = [failures[r][0].strip().splitlines()[-1] for r in others]
+                lines = [failures[r].strip().splitlines()[-1] for r in others]
                 detail += ("\n--- other ranks failed after it, probably as a consequence ---\n" +
                            "\n".join(f"rank {r}: {line}" for r, line in zip(others, lines)))
-            raise RankError(first, world_size, detail, out) from None
+            output = "".join(_read(logdir, first, k) for k in ("out", "err", "low"))
+            raise RankError(first, world_size, detail, output) from None
+        outputs = {r: _read(logdir, r, "out") for r in range(world_size)}
     finally:
         _reap(procs)
         q.close()
+        shutil.rmtree(logdir, ignore_errors=True)
         del store
     if echo:
         for r in range(world_size):
             for line in outputs[r].splitlines():
                 print(f"[rank {r}] {line}")
     return [torch.load(io.BytesIO(results[r]), weights_only=False) for r in range(world_size)]
+
+
+def _timeout_text(pending, results, timeout, logdir) -> str:
+    text = (f"run_distributed: rank{'s' if len(pending) > 1 else ''} "
+            f"{', '.join(map(str, pending))} did not finish within {timeout:g} s and "
+            f"{'were' if len(pending) > 1 else 'was'} stopped. A common cause is a rank "
+            f"waiting in a collective (or recv) that another rank never calls.")
+    for r in pending:  # what the stuck ranks printed last is often the best clue
+        lines = _read(logdir, r, "out").splitlines()[-5:]
+        if lines:
+            text += f"\n--- last lines printed by rank {r} ---\n" + "\n".join(lines)
+    return text
+
+
+def _hint(detail: str) -> str:
+    if "autograd's threading in combination with fork" in detail:
+        return ("\nHint: this process ran a backward pass before starting the ranks, and on a "
+                "machine with a GPU autograd's threads cannot be forked. Restart the kernel and "
+                "start the ranks before any backward pass, or put the rank function in a module "
+                "and pass start_method='spawn'.")
+    return ""
