@@ -24,6 +24,10 @@ What it guarantees, and why each piece is here:
   ``TimeoutError`` names them. The same timeout bounds every collective inside the group.
 * **No process outlives the call**: ranks are reaped in a ``finally`` block, and on Linux each
   rank also dies with its parent (``PR_SET_PDEATHSIG``) should the kernel itself be killed.
+* **Known limit (GPU machines)**: once this process has run a backward pass on a machine with
+  CUDA, autograd refuses to run in forked children (its device threads cannot be forked); the
+  error report then carries a hint. Shipping functions to fresh processes (forkserver plus
+  pickling by value) would lift this and the spawn-only restriction; not done yet.
 * **No "address already in use"**: the rendezvous store listens on a port the OS picks (port 0)
   and is held by the parent for the call, so a re-run after an interrupt never collides.
 """
