@@ -1,5 +1,15 @@
-"""Print how long each notebook took under nbval (the budget is 60 s on a 2-core CPU)."""
+"""Test-session set-up: Triton's mode before anything imports Triton, and notebook run times."""
+import os
 from collections import defaultdict
+
+import torch
+
+# Triton decides between compiled and interpreted functions (its own library's too) when they are
+# defined, i.e. when triton is first imported; some torch modules import it (torch.nn.attention
+# .bias does), so course_utils' own setting can come too late for a test file that imports those
+# first. Set it here, before any test module or notebook kernel (which inherits it) starts.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _seconds: dict[str, float] = defaultdict(float)
 

@@ -43,8 +43,16 @@ def pick_device(prefer: str | None = None) -> torch.device:
 def configure_triton() -> str:
     """Without a CUDA GPU, set ``TRITON_INTERPRET=1`` (unless the user set it) so that Triton
     kernels run on the CPU. Returns the resulting :func:`triton_mode`."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+        os.environ["TRITON_INTERPRET"] = "1"
+        if "triton" in sys.modules:
+            import warnings  # noqa: PLC0415
+
+            warnings.warn("triton was imported before course_utils, so Triton's own library was "
+                          "built for compiled mode and kernels may fail in the interpreter "
+                          "('Cannot call @triton.jit'd outside of the scope of a kernel'). Import "
+                          "course_utils first (or set TRITON_INTERPRET=1 before starting Python).",
+                          stacklevel=2)
     return triton_mode()
 
 

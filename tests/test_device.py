@@ -51,3 +51,18 @@ def test_env_summary_has_the_lines_notebook_00_prints(capsys):
         assert key in s
     device.print_env()
     assert "triton mode" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is only chosen without a GPU")
+def test_warns_when_triton_was_imported_first():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import warnings, torch.nn.attention.bias\n"   # this torch module imports triton
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import course_utils\n"
+            "print([str(x.message)[:40] for x in w])")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "triton was imported before course_utils" in r.stdout, r.stdout + r.stderr
