@@ -99,7 +99,7 @@ def test_make_exercises_writes_learner_versions(tmp_path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_learner_notebook_fails_only_at_exercise_cells(path, tmp_path):
     nb, names = make_exercises.learner_notebook(path)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     failed = []
