@@ -13,8 +13,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
-__all__ = ["COLORS", "use_style", "figure", "draw_dag", "draw_grid", "interact_figure",
-           "save_asset", "ASSETS"]
+__all__ = ["COLORS", "use_style", "figure", "draw_dag", "draw_grid", "interact_figure", "ASSETS"]
 
 # A colour-blind-safe palette (Okabe & Ito, 2008), named by role so notebooks read well.
 COLORS = {
@@ -193,13 +192,3 @@ def interact_figure(draw, **controls):
     plt.show()
     widget = ipywidgets.interactive(lambda **kw: (draw(**kw), plt.show()), **controls)
     display(widget)  # returns nothing, so the widget is not shown twice as the cell's value
-
-
-def save_asset(fig, name: str) -> Path:
-    """Save ``fig`` as ``assets/<name>`` (PNG by default) and return the path."""
-    path = ASSETS / name
-    if path.suffix == "":
-        path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path

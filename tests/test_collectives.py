@@ -6,7 +6,6 @@ its formula; the Megatron tensor-parallel MLP's output and gradients with the de
 bad-input error.
 """
 import importlib.util
-import time
 import re
 from pathlib import Path
 
