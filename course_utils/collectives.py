@@ -52,6 +52,19 @@ def _stats(fn: str, stats) -> None:
     if stats is not None and not isinstance(stats, CommStats):
         raise TypeError(f"{fn}: stats must be a CommStats or None, got {type(stats).__name__}")
 
+
+def _begin(fn: str, stats, **args) -> tuple[int, int]:
+    """The checks every collective starts with; returns (rank, world_size). The keyword ``x``
+    must be a tensor, any other keyword (``src``, ``dst``) a rank of the group."""
+    rank, n = _group(fn)
+    for name, value in args.items():
+        if name == "x":
+            _tensor(fn, name, value)
+        else:
+            _peer(fn, name, value, n)
+    _stats(fn, stats)
+    return rank, n
+
 def counted_send(t: torch.Tensor, dst: int, stats: CommStats | None = None) -> None:
     """``dist.send`` that adds the bytes to ``stats``."""
     dist.send(t.contiguous(), dst)
@@ -89,17 +102,14 @@ def send_recv(send_t: torch.Tensor, dst: int, recv_buf: torch.Tensor, src: int,
         stats.bytes_received += recv_buf.numel() * recv_buf.element_size()
     return recv_buf
 
-def p2p_broadcast(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) -> torch.Tensor:
+def broadcast(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) -> torch.Tensor:
     """Broadcast from send/recv (a star): ``src`` sends its ``x`` to every other rank.
 
     Every rank passes a tensor of the same shape and dtype; only ``src``'s values are used (as in
     ``dist.broadcast(x, src)``, which overwrites ``x`` in place). Returns a new tensor equal to
     ``src``'s ``x`` on every rank.
     """
-    rank, n = _group("p2p_broadcast")
-    _tensor("p2p_broadcast", "x", x)
-    _peer("p2p_broadcast", "src", src, n)
-    _stats("p2p_broadcast", stats)
+    rank, n = _begin("broadcast", stats, x=x, src=src)
     out = x.detach().clone().contiguous()
     if rank == src:
         for dst in range(n):
@@ -110,7 +120,7 @@ def p2p_broadcast(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = No
     return out
 
 
-def p2p_scatter(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) -> torch.Tensor:
+def scatter(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) -> torch.Tensor:
     """Scatter from send/recv: rank ``r`` gets piece ``r`` of ``src``'s ``x``.
 
     Pieces are ``x.tensor_split(world_size)`` along dim 0 (sizes differ by at most one, so a
@@ -118,13 +128,10 @@ def p2p_scatter(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None
     rank passes a tensor of the same shape (at least 1-D) so it knows its piece's size; only
     ``src``'s values are used.
     """
-    rank, n = _group("p2p_scatter")
-    _tensor("p2p_scatter", "x", x)
+    rank, n = _begin("scatter", stats, x=x, src=src)
     if x.dim() == 0:
-        raise ValueError("p2p_scatter: x must have at least 1 dimension to split along dim 0, "
+        raise ValueError("scatter: x must have at least 1 dimension to split along dim 0, "
                          "got a 0-d tensor")
-    _peer("p2p_scatter", "src", src, n)
-    _stats("p2p_scatter", stats)
     pieces = x.detach().tensor_split(n)
     if rank == src:
         for dst in range(n):
@@ -134,14 +141,11 @@ def p2p_scatter(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None
     out = torch.empty_like(pieces[rank]).contiguous()
     return counted_recv(out, src, stats) if out.numel() else out
 
-def p2p_gather(x: torch.Tensor, dst: int = 0, *,
+def gather(x: torch.Tensor, dst: int = 0, *,
                stats: CommStats | None = None) -> list[torch.Tensor] | None:
     """Gather from send/recv: ``dst`` receives every rank's ``x`` (same shape and dtype on every
     rank, as ``dist.gather`` needs); returns the list in rank order on ``dst``, None elsewhere."""
-    rank, n = _group("p2p_gather")
-    _tensor("p2p_gather", "x", x)
-    _peer("p2p_gather", "dst", dst, n)
-    _stats("p2p_gather", stats)
+    rank, n = _begin("gather", stats, x=x, dst=dst)
     if rank != dst:
         counted_send(x.detach(), dst, stats)
         return None
@@ -149,16 +153,13 @@ def p2p_gather(x: torch.Tensor, dst: int = 0, *,
             for r in range(n)]
 
 
-def p2p_reduce(x: torch.Tensor, dst: int = 0, op: str = "sum", *,
+def reduce(x: torch.Tensor, dst: int = 0, op: str = "sum", *,
                stats: CommStats | None = None) -> torch.Tensor | None:
     """Reduce from send/recv: ``dst`` receives every rank's ``x`` and combines them in rank order
     with ``op`` ('sum', 'prod', 'max', 'min'); returns the result on ``dst``, None elsewhere."""
-    rank, n = _group("p2p_reduce")
-    combine = _reduce_op("p2p_reduce", op)
-    _tensor("p2p_reduce", "x", x)
-    _peer("p2p_reduce", "dst", dst, n)
-    _stats("p2p_reduce", stats)
-    parts = p2p_gather(x, dst, stats=stats)
+    rank, n = _begin("reduce", stats, x=x, dst=dst)
+    combine = _reduce_op("reduce", op)
+    parts = gather(x, dst, stats=stats)
     if parts is None:
         return None
     out = parts[0]
@@ -167,15 +168,14 @@ def p2p_reduce(x: torch.Tensor, dst: int = 0, op: str = "sum", *,
     return out
 
 
-def naive_all_reduce(x: torch.Tensor, op: str = "sum", *,
+def all_reduce_naive(x: torch.Tensor, op: str = "sum", *,
                      stats: CommStats | None = None) -> torch.Tensor:
     """All-reduce as gather-and-combine on rank 0, then broadcast from rank 0 (both stars).
     Rank 0 receives and sends (N-1)·K bytes: the slow baseline the ring beats."""
-    _group("naive_all_reduce")
-    _tensor("naive_all_reduce", "x", x)
-    _reduce_op("naive_all_reduce", op)
-    reduced = p2p_reduce(x, 0, op, stats=stats)
-    return p2p_broadcast(x if reduced is None else reduced, 0, stats=stats)
+    _begin("all_reduce_naive", stats, x=x)
+    _reduce_op("all_reduce_naive", op)
+    reduced = reduce(x, 0, op, stats=stats)
+    return broadcast(x if reduced is None else reduced, 0, stats=stats)
 
 def _pieces(fn: str, chunks, n: int, same_shape: bool) -> list[torch.Tensor]:
     if not isinstance(chunks, (list, tuple)) or len(chunks) != n:
@@ -193,14 +193,13 @@ def _pieces(fn: str, chunks, n: int, same_shape: bool) -> list[torch.Tensor]:
     return [c.detach() for c in chunks]
 
 
-def p2p_all_to_all(chunks: list[torch.Tensor], *,
+def all_to_all(chunks: list[torch.Tensor], *,
                    stats: CommStats | None = None) -> list[torch.Tensor]:
     """All-to-all from send/recv: rank ``r`` sends ``chunks[j]`` to rank ``j`` and returns the list
     whose item ``j`` is what rank ``j`` sent it. All chunks have one shape (equal splits, as
     ``dist.all_to_all_single`` without split sizes). Pairwise schedule: at step s, send to (r+s) mod N, receive from (r-s) mod N."""
-    rank, n = _group("p2p_all_to_all")
-    chunks = _pieces("p2p_all_to_all", chunks, n, same_shape=True)
-    _stats("p2p_all_to_all", stats)
+    rank, n = _begin("all_to_all", stats)
+    chunks = _pieces("all_to_all", chunks, n, same_shape=True)
     out = [None] * n
     out[rank] = chunks[rank].clone()
     for s in range(1, n):
@@ -208,26 +207,23 @@ def p2p_all_to_all(chunks: list[torch.Tensor], *,
         out[src] = send_recv(chunks[dst], dst, torch.empty_like(chunks[src]).contiguous(), src, stats)
     return out
 
-def p2p_all_gather(x: torch.Tensor, *, stats: CommStats | None = None) -> list[torch.Tensor]:
+def all_gather(x: torch.Tensor, *, stats: CommStats | None = None) -> list[torch.Tensor]:
     """All-gather from send/recv: every rank returns ``[x_0, ..., x_{N-1}]`` (``x`` has one shape
     and dtype on every rank, as ``dist.all_gather`` needs). Pairwise schedule as in all-to-all;
     each rank sends (N-1) copies of its ``x``."""
-    rank, n = _group("p2p_all_gather")
-    _tensor("p2p_all_gather", "x", x)
-    _stats("p2p_all_gather", stats)
-    return p2p_all_to_all([x.detach()] * n, stats=stats)
+    _, n = _begin("all_gather", stats, x=x)
+    return all_to_all([x.detach()] * n, stats=stats)
 
 
-def p2p_reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
+def reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
                        stats: CommStats | None = None) -> torch.Tensor:
     """Reduce-scatter from send/recv: rank ``r`` returns ``chunks[r]`` combined over all ranks
     (in rank order) with ``op``. Chunk ``j`` must have the same shape on every rank; chunks may
     differ from each other (a length-7 tensor's ``tensor_split(3)`` is fine). It is an all-to-all
     whose arrivals are combined locally."""
-    rank, n = _group("p2p_reduce_scatter")
-    combine = _reduce_op("p2p_reduce_scatter", op)
-    chunks = _pieces("p2p_reduce_scatter", chunks, n, same_shape=False)
-    _stats("p2p_reduce_scatter", stats)
+    rank, n = _begin("reduce_scatter", stats)
+    combine = _reduce_op("reduce_scatter", op)
+    chunks = _pieces("reduce_scatter", chunks, n, same_shape=False)
     arrived = [None] * n
     arrived[rank] = chunks[rank].clone()
     for s in range(1, n):
@@ -276,10 +272,10 @@ RING_PHASES = ("reduce-scatter", "all-gather")
 
 
 def ring_chunk_indices(rank: int, step: int, n: int, phase: str) -> tuple[int, int]:
-    """(chunk sent to rank+1, chunk received from rank-1) at ``step`` of a ring all-reduce phase.
+    """(chunk sent to rank+1, chunk received from rank-1) at ``step`` of a ring phase.
 
-    reduce-scatter: ((r - s) mod N, (r - s - 1) mod N); afterwards rank r owns chunk (r + 1) mod N.
-    all-gather: ((r + 1 - s) mod N, (r - s) mod N). Steps s = 0, ..., N - 2 in each phase.
+    reduce-scatter: ((r - s - 1) mod N, (r - s - 2) mod N); afterwards rank r holds the full
+    reduction of chunk r. all-gather: ((r - s) mod N, (r - s - 1) mod N). Steps s = 0, ..., N - 2.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"ring_chunk_indices: n must be an int >= 1, got {n!r}")
@@ -289,38 +285,66 @@ def ring_chunk_indices(rank: int, step: int, n: int, phase: str) -> tuple[int, i
         raise ValueError(f"ring_chunk_indices: step must be in [0, {n - 2}] (N - 1 steps per "
                          f"phase), got {step!r}")
     if phase == "reduce-scatter":
-        return (rank - step) % n, (rank - step - 1) % n
+        return (rank - step - 1) % n, (rank - step - 2) % n
     if phase == "all-gather":
-        return (rank + 1 - step) % n, (rank - step) % n
+        return (rank - step) % n, (rank - step - 1) % n
     raise ValueError(f"ring_chunk_indices: phase must be one of {RING_PHASES}, got {phase!r}")
+
+def _ring_phase(chunks: list, phase: str, combine, stats, after_step=None) -> None:
+    """The N-1 steps of one ring phase, in place on this rank's list of N chunks."""
+    rank, n = dist.get_rank(), dist.get_world_size()
+    right, left = (rank + 1) % n, (rank - 1) % n
+    for s in range(n - 1):
+        i_send, i_recv = ring_chunk_indices(rank, s, n, phase)
+        incoming = send_recv(chunks[i_send], right, torch.empty_like(chunks[i_recv]), left, stats)
+        if phase == "reduce-scatter":
+            chunks[i_recv].copy_(combine(chunks[i_recv], incoming))  # add the neighbour's partial sum
+        else:
+            chunks[i_recv].copy_(incoming)                           # a finished chunk: keep it
+        if after_step is not None:
+            after_step()
+
+
+def ring_reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
+                        stats: CommStats | None = None) -> torch.Tensor:
+    """Reduce-scatter around the ring: rank ``r`` returns ``chunks[r]`` combined over all ranks
+    with ``op``, as ``reduce_scatter`` does (chunk ``j`` has one shape on every rank). N-1 steps;
+    each rank sends (N-1)/N of the chunks' bytes when they are equal."""
+    rank, n = _begin("ring_reduce_scatter", stats)
+    combine = _reduce_op("ring_reduce_scatter", op)
+    work = [c.clone().contiguous() for c in _pieces("ring_reduce_scatter", chunks, n, same_shape=False)]
+    _ring_phase(work, "reduce-scatter", combine, stats)
+    return work[rank]
+
+
+def ring_all_gather(x: torch.Tensor, *, stats: CommStats | None = None) -> list[torch.Tensor]:
+    """All-gather around the ring: every rank returns ``[x_0, ..., x_{N-1}]``, as ``all_gather``
+    does (``x`` has one shape on every rank). Each rank sends N-1 messages the size of ``x``."""
+    rank, n = _begin("ring_all_gather", stats, x=x)
+    work = [torch.empty_like(x).contiguous() for _ in range(n)]
+    work[rank].copy_(x.detach())
+    _ring_phase(work, "all-gather", None, stats)
+    return work
 
 def ring_all_reduce(x: torch.Tensor, op: str = "sum", *, stats: CommStats | None = None,
                     trace: list | None = None) -> torch.Tensor:
-    """Ring all-reduce (Patarasuk & Yuan 2009): a reduce-scatter then an all-gather around the
-    ring r -> r+1, with the chunk indices of ``ring_chunk_indices``. Returns a new tensor of x's
-    shape holding the reduction over all ranks. Each rank sends 2(N-1) chunks, 2(N-1)/N · K bytes
-    for a K-byte x when N divides its length. ``trace``, if given, receives a copy of the flat
-    buffer before the first step and after every step.
+    """Ring all-reduce (Patarasuk & Yuan 2009): ``ring_reduce_scatter`` then ``ring_all_gather``,
+    in place on N views of one flat copy of x (chunk sizes differ by at most one element).
+    Returns a new tensor of x's shape holding the reduction over all ranks. Each rank sends
+    2(N-1) chunks, 2(N-1)/N · K bytes for a K-byte x when N divides its length. ``trace``, if a
+    list, receives a copy of the flat buffer before the first step and after every step.
     """
-    rank, n = _group("ring_all_reduce")
-    _tensor("ring_all_reduce", "x", x)
+    rank, n = _begin("ring_all_reduce", stats, x=x)
     combine = _reduce_op("ring_all_reduce", op)
-    _stats("ring_all_reduce", stats)
+    if trace is not None and not isinstance(trace, list):
+        raise TypeError(f"ring_all_reduce: trace must be a list or None, got {type(trace).__name__}")
     buf = x.detach().clone().contiguous().view(-1)       # (K,) flat copy
-    chunks = buf.tensor_split(n)                          # N views into buf, sizes differ by <= 1
-    right, left = (rank + 1) % n, (rank - 1) % n
-    if trace is not None:
-        trace.append(buf.clone())
-    for phase in RING_PHASES:
-        for s in range(n - 1):
-            i_send, i_recv = ring_chunk_indices(rank, s, n, phase)
-            incoming = send_recv(chunks[i_send], right, torch.empty_like(chunks[i_recv]), left, stats)
-            if phase == "reduce-scatter":
-                chunks[i_recv].copy_(combine(chunks[i_recv], incoming))
-            else:
-                chunks[i_recv].copy_(incoming)
-            if trace is not None:
-                trace.append(buf.clone())
+    chunks = list(buf.tensor_split(n))                    # N views into buf
+    record = None if trace is None else (lambda: trace.append(buf.clone()))
+    if record is not None:
+        record()
+    _ring_phase(chunks, "reduce-scatter", combine, stats, record)
+    _ring_phase(chunks, "all-gather", None, stats, record)
     return buf.view(x.shape)                              # same shape as x
 
 BUS_FACTORS = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
@@ -344,16 +368,19 @@ def _library_all_reduce(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-ALL_REDUCE_ALGORITHMS = {"naive": naive_all_reduce, "ring": ring_all_reduce,
+ALL_REDUCE_ALGORITHMS = {"naive": all_reduce_naive, "ring": ring_all_reduce,
                          "dist.all_reduce": _library_all_reduce}
 
 def allreduce_bandwidth(sizes, *, reps: int = 5, warmup: int = 1, device=None,
-                        dtype: torch.dtype = torch.float32) -> list[dict]:
+                        dtype: torch.dtype = torch.float32,
+                        byte_budget: int | None = None) -> list[dict]:
     """Time every algorithm of ``ALL_REDUCE_ALGORITHMS`` on messages of ``sizes`` bytes.
 
-    Call on every rank. Returns the same rows on every rank: algorithm, bytes, seconds (the
-    slowest rank's mean over ``reps`` calls after ``warmup``), algbw_GBps and busbw_GBps
-    (nccl-tests definitions, see ``bus_bandwidth``).
+    Call on every rank. Returns the same rows on every rank: algorithm, bytes, reps, seconds
+    (the slowest rank's mean over the timed calls after ``warmup``), algbw_GBps and busbw_GBps
+    (nccl-tests definitions, see ``bus_bandwidth``). ``byte_budget`` caps the timed calls of a
+    size at ``byte_budget // size`` (at least one), so a sweep up to large messages stays short;
+    the count depends only on the size, so every rank makes the same calls.
     """
     rank, n = _group("allreduce_bandwidth")
     item = torch.empty(0, dtype=dtype).element_size()
@@ -362,25 +389,29 @@ def allreduce_bandwidth(sizes, *, reps: int = 5, warmup: int = 1, device=None,
                          f">= {item} (one {dtype} element), got {sizes!r}")
     if not isinstance(reps, int) or reps < 1:
         raise ValueError(f"allreduce_bandwidth: reps must be an int >= 1, got {reps!r}")
+    if byte_budget is not None and (not isinstance(byte_budget, int) or byte_budget < 1):
+        raise ValueError(f"allreduce_bandwidth: byte_budget must be a positive int or None, "
+                         f"got {byte_budget!r}")
     device = torch.device(device or "cpu")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     dist.barrier()
     rows = []
     for size in sizes:
         x = torch.zeros(size // item, dtype=dtype, device=device)
+        calls = reps if byte_budget is None else max(1, min(reps, byte_budget // size))
         for name, fn in ALL_REDUCE_ALGORITHMS.items():
             for _ in range(warmup):
                 fn(x)
             sync()
             dist.barrier()
             t0 = time.perf_counter()
-            for _ in range(reps):
+            for _ in range(calls):
                 fn(x)
             sync()
-            t = torch.tensor([(time.perf_counter() - t0) / reps], dtype=torch.float64, device=device)
+            t = torch.tensor([(time.perf_counter() - t0) / calls], dtype=torch.float64, device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)     # the collective ends with its slowest rank
             nbytes, seconds = x.numel() * item, t.item()
-            rows.append({"algorithm": name, "bytes": nbytes, "seconds": seconds,
+            rows.append({"algorithm": name, "bytes": nbytes, "reps": calls, "seconds": seconds,
                          "algbw_GBps": nbytes / seconds / 1e9,
                          "busbw_GBps": bus_bandwidth(nbytes / seconds / 1e9, n)})
     return rows

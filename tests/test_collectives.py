@@ -43,46 +43,54 @@ def eight_vs_dist(rank, n):
     x = rand((7,), torch.float64, rank)                                   # length 7: awkward
     ref = x.clone()
     dist.broadcast(ref, src)
-    out["broadcast"] = (C.p2p_broadcast(x, src), ref)
+    out["broadcast"] = (C.broadcast(x, src), ref)
 
     big = rand((2 * n, 3), torch.float32, 100 + rank)                     # equal pieces for dist
     ref = torch.empty(2, 3)
     dist.scatter(ref, list(big.tensor_split(n)) if rank == 1 % n else None, src=1 % n)
-    out["scatter"] = (C.p2p_scatter(big, 1 % n), ref)
+    out["scatter"] = (C.scatter(big, 1 % n), ref)
     x7 = torch.arange(7.0) * 10                                           # uneven: 7 over n
-    out["scatter uneven"] = (C.p2p_scatter(x7 + rank, 0), x7.tensor_split(n)[rank])  # src 0's values
+    out["scatter uneven"] = (C.scatter(x7 + rank, 0), x7.tensor_split(n)[rank])  # src 0's values
 
     g = rand((2, 3), torch.int64, 200 + rank)
     refs = [torch.empty_like(g) for _ in range(n)] if rank == src else None
     dist.gather(g, refs, dst=src)
-    mine = C.p2p_gather(g, src)
+    mine = C.gather(g, src)
     out["gather"] = (torch.stack(mine), torch.stack(refs)) if rank == src else (mine, None)
 
     for op in ("sum", "max", "min"):
         ref = x.clone()
         dist.reduce(ref, dst=1 % n, op=OPS[op])
-        mine = C.p2p_reduce(x, 1 % n, op)
+        mine = C.reduce(x, 1 % n, op)
         out[f"reduce {op}"] = (mine, ref) if rank == 1 % n else (mine, None)
 
     a = rand((3, 5), torch.int64, 300 + rank)
     refs = [torch.empty_like(a) for _ in range(n)]
     dist.all_gather(refs, a)
-    out["all_gather"] = (torch.stack(C.p2p_all_gather(a)), torch.stack(refs))
+    out["all_gather"] = (torch.stack(C.all_gather(a)), torch.stack(refs))
 
     pieces = list(rand((7,), torch.float32, 400 + rank).tensor_split(n))  # uneven pieces
     for op in ("sum", "max"):
         ref = torch.empty_like(pieces[rank])
         dist.reduce_scatter(ref, pieces, op=OPS[op])
-        out[f"reduce_scatter {op}"] = (C.p2p_reduce_scatter(pieces, op), ref)
+        out[f"reduce_scatter {op}"] = (C.reduce_scatter(pieces, op), ref)
 
     ref = x.clone()
     dist.all_reduce(ref)
-    out["naive_all_reduce"] = (C.naive_all_reduce(x), ref)
+    out["all_reduce_naive"] = (C.all_reduce_naive(x), ref)
+
+    for op in ("sum", "min"):                                             # the ring's phases alone
+        ref = torch.empty_like(pieces[rank])
+        dist.reduce_scatter(ref, pieces, op=OPS[op])
+        out[f"ring_reduce_scatter {op}"] = (C.ring_reduce_scatter(pieces, op), ref)
+    refs = [torch.empty_like(a) for _ in range(n)]
+    dist.all_gather(refs, a)
+    out["ring_all_gather"] = (torch.stack(C.ring_all_gather(a)), torch.stack(refs))
 
     chunks = [rand((2, 3), torch.float64, 500 + 10 * rank + j) for j in range(n)]
     ref = torch.empty(n, 2, 3, dtype=torch.float64)
     dist.all_to_all_single(ref, torch.stack(chunks))      # (n, 2, 3): block j goes to rank j
-    out["all_to_all"] = (torch.stack(C.p2p_all_to_all(chunks)), ref)
+    out["all_to_all"] = (torch.stack(C.all_to_all(chunks)), ref)
     return out
 
 
@@ -93,7 +101,8 @@ def eight(request):
 
 @pytest.mark.parametrize("name", ["broadcast", "scatter", "scatter uneven", "gather", "reduce sum",
                                   "reduce max", "reduce min", "all_gather", "reduce_scatter sum",
-                                  "reduce_scatter max", "naive_all_reduce", "all_to_all"])
+                                  "reduce_scatter max", "all_reduce_naive", "all_to_all",
+                                  "ring_reduce_scatter sum", "ring_reduce_scatter min", "ring_all_gather"])
 def test_collective_matches_torch_distributed(eight, name):
     n, res = eight
     for rank, r in enumerate(res):
@@ -123,8 +132,21 @@ def ring_vs_dist(rank, n):
         C.ring_all_reduce(torch.ones(length), stats=st)
         stats[length] = (st.bytes_sent, st.bytes_received, st.messages_sent)
     st = C.CommStats()
-    C.p2p_all_gather(torch.ones(5, dtype=torch.float64), stats=st)
+    C.all_gather(torch.ones(5, dtype=torch.float64), stats=st)
     stats["all_gather"] = st.bytes_sent
+    st = C.CommStats()
+    C.ring_all_gather(torch.ones(5, dtype=torch.float64), stats=st)
+    stats["ring_all_gather"] = (st.bytes_sent, st.messages_sent)
+    st = C.CommStats()
+    C.ring_reduce_scatter(list(torch.ones(12).tensor_split(n)), stats=st)
+    stats["ring_reduce_scatter"] = (st.bytes_sent, st.messages_sent)
+    # the all-reduce is its two phases: reduce-scatter's output, all-gathered, is the all-reduce
+    x = rand((4 * n,), torch.float64, 77 + rank)
+    stats["composed"] = (torch.cat(C.ring_all_gather(C.ring_reduce_scatter(list(x.tensor_split(n))))),
+                         C.ring_all_reduce(x))
+    trace = []
+    C.ring_all_reduce(torch.full((n,), 2 ** rank, dtype=torch.int64), trace=trace)
+    stats["trace"] = torch.stack(trace)                    # (2(N-1)+1, N): one number per chunk
     return out, stats
 
 
@@ -143,6 +165,16 @@ def test_ring_all_reduce_matches_dist_and_sends_the_formula_bytes(n):
     awkward = [s[7][0] for _, s in res]      # K = 28 bytes: uneven chunks, exact total
     assert sum(awkward) == 2 * (n - 1) * 28
     assert all(s["all_gather"] == (n - 1) * 5 * 8 for _, s in res)
+    assert all(s["ring_all_gather"] == ((n - 1) * 5 * 8, n - 1) for _, s in res)
+    assert all(s["ring_reduce_scatter"] == ((n - 1) * 48 // n, n - 1) for _, s in res)
+    for _, s in res:
+        assert_close(*s["composed"])
+    traces = torch.stack([s["trace"] for _, s in res])    # (N ranks, states, N chunks): bit masks
+    everyone = 2 ** n - 1
+    assert traces.shape == (n, 2 * (n - 1) + 1, n)
+    assert torch.equal(traces[:, 0], (2 ** torch.arange(n))[:, None].expand(n, n))  # own data only
+    assert torch.equal(traces[torch.arange(n), n - 1, torch.arange(n)], torch.full((n,), everyone))
+    assert torch.equal(traces[:, -1], torch.full((n, n), everyone))
 
 
 def test_ring_chunk_indices_formulas_and_consistency():
@@ -151,14 +183,16 @@ def test_ring_chunk_indices_formulas_and_consistency():
             for r in range(n):
                 rs = C.ring_chunk_indices(r, s, n, "reduce-scatter")
                 ag = C.ring_chunk_indices(r, s, n, "all-gather")
-                assert rs == ((r - s) % n, (r - s - 1) % n)
-                assert ag == ((r + 1 - s) % n, (r - s) % n)
+                assert rs == ((r - s - 1) % n, (r - s - 2) % n)
+                assert ag == ((r - s) % n, (r - s - 1) % n)
                 left = (r - 1) % n       # what the left neighbour sends is what r receives
                 assert C.ring_chunk_indices(left, s, n, "reduce-scatter")[0] == rs[1]
                 assert C.ring_chunk_indices(left, s, n, "all-gather")[0] == ag[1]
-        if n > 1:                        # after reduce-scatter, rank r owns chunk (r+1) mod N
+        if n > 1:                        # after reduce-scatter, rank r owns chunk r (dist's order)
             assert [C.ring_chunk_indices(r, n - 2, n, "reduce-scatter")[1] for r in range(n)] == \
-                   [(r + 1) % n for r in range(n)]
+                   list(range(n))
+            # and the all-gather starts from it: rank r first sends chunk r
+            assert [C.ring_chunk_indices(r, 0, n, "all-gather")[0] for r in range(n)] == list(range(n))
 
 
 def test_bus_bandwidth_factors_of_nccl_tests():
@@ -235,33 +269,35 @@ def test_tp_ring_bytes_two_all_reduces_per_step():
 
 # ---------------------------------------------------------------------------- the benchmark
 def test_allreduce_bandwidth_rows_and_the_script_in_ranks(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench07", ROOT / "benchmarks" / "07_allreduce_bandwidth.py")
+    spec = importlib.util.spec_from_file_location("bench07", ROOT / "scripts" / "collectives_bench.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.parse_size("4K") == 4096 and script.parse_size("1M") == 2 ** 20 and script.parse_size("64") == 64
     launch(lambda r, n: script.main(["--sizes", "4K,8K", "--reps", "1", "--no-png", "--out-dir", str(tmp_path)]), 3)
     lines = (tmp_path / "07_allreduce_bandwidth.csv").read_text().splitlines()
-    assert lines[0].split(",") == ["backend", "world_size", "device", "algorithm", "bytes", "seconds",
-                                   "algbw_GBps", "busbw_GBps"]
+    assert lines[0].split(",") == ["backend", "world_size", "device", "algorithm", "bytes", "reps",
+                                   "seconds", "algbw_GBps", "busbw_GBps"]
     assert len(lines) == 1 + 2 * len(C.ALL_REDUCE_ALGORITHMS)
     for line in lines[1:]:
-        backend, ws, _, _, nbytes, seconds, algbw, busbw = line.split(",")
-        assert backend == "gloo" and ws == "3" and int(nbytes) in (4096, 8192)
+        backend, ws, _, _, nbytes, reps, seconds, algbw, busbw = line.split(",")
+        assert backend == "gloo" and ws == "3" and int(nbytes) in (4096, 8192) and reps == "1"
         assert float(algbw) == pytest.approx(int(nbytes) / float(seconds) / 1e9)
         assert float(busbw) == pytest.approx(float(algbw) * 2 * 2 / 3)
 
 
 # ------------------------------------------------------------------------------ bad inputs
 def test_outside_a_process_group_every_collective_says_where_to_call_it():
-    calls = {"p2p_broadcast": lambda: C.p2p_broadcast(torch.ones(2)),
-             "p2p_scatter": lambda: C.p2p_scatter(torch.ones(2)),
-             "p2p_gather": lambda: C.p2p_gather(torch.ones(2)),
-             "p2p_reduce": lambda: C.p2p_reduce(torch.ones(2)),
-             "p2p_all_gather": lambda: C.p2p_all_gather(torch.ones(2)),
-             "p2p_reduce_scatter": lambda: C.p2p_reduce_scatter([torch.ones(2)]),
-             "p2p_all_to_all": lambda: C.p2p_all_to_all([torch.ones(2)]),
-             "naive_all_reduce": lambda: C.naive_all_reduce(torch.ones(2)),
+    calls = {"broadcast": lambda: C.broadcast(torch.ones(2)),
+             "scatter": lambda: C.scatter(torch.ones(2)),
+             "gather": lambda: C.gather(torch.ones(2)),
+             "reduce": lambda: C.reduce(torch.ones(2)),
+             "all_gather": lambda: C.all_gather(torch.ones(2)),
+             "reduce_scatter": lambda: C.reduce_scatter([torch.ones(2)]),
+             "all_to_all": lambda: C.all_to_all([torch.ones(2)]),
+             "all_reduce_naive": lambda: C.all_reduce_naive(torch.ones(2)),
              "ring_all_reduce": lambda: C.ring_all_reduce(torch.ones(2)),
+             "ring_reduce_scatter": lambda: C.ring_reduce_scatter([torch.ones(2)]),
+             "ring_all_gather": lambda: C.ring_all_gather(torch.ones(2)),
              "allreduce_bandwidth": lambda: C.allreduce_bandwidth([4096])}
     for name, call in calls.items():
         with pytest.raises(RuntimeError, match=f"{name}: needs an initialised process group"):
@@ -269,27 +305,33 @@ def test_outside_a_process_group_every_collective_says_where_to_call_it():
 
 
 BAD_IN_RANKS = [
-    (lambda n: C.p2p_broadcast(torch.ones(2), src=n), ValueError, r"p2p_broadcast: src must be a rank in \[0, 1\]"),
-    (lambda n: C.p2p_broadcast([1.0, 2.0]), TypeError, "p2p_broadcast: x must be a torch.Tensor, got list"),
-    (lambda n: C.p2p_scatter(torch.tensor(3.0)), ValueError, "p2p_scatter: x must have at least 1 dimension"),
-    (lambda n: C.p2p_gather(torch.ones(2), dst=-1), ValueError, r"p2p_gather: dst must be a rank in \[0, 1\]"),
-    (lambda n: C.p2p_gather(torch.ones(2), dst=True), ValueError, "p2p_gather: dst must be a rank"),
-    (lambda n: C.p2p_reduce(torch.ones(2), op="mean"), ValueError, "p2p_reduce: op must be one of"),
-    (lambda n: C.p2p_reduce(torch.ones(2), dst=5), ValueError, r"p2p_reduce: dst must be a rank in \[0, 1\]"),
-    (lambda n: C.naive_all_reduce(torch.ones(2), op="mean"), ValueError, "naive_all_reduce: op must be one of"),
-    (lambda n: C.p2p_all_gather(torch.ones(2), stats=3), TypeError, "p2p_all_gather: stats must be a CommStats"),
-    (lambda n: C.p2p_reduce_scatter([torch.ones(2)] * 3), ValueError,
-     "p2p_reduce_scatter: chunks must be a list of world_size = 2 tensors, got 3 items"),
-    (lambda n: C.p2p_reduce_scatter(torch.ones(2)), ValueError, "chunks must be a list of world_size = 2 tensors, got Tensor"),
-    (lambda n: C.p2p_reduce_scatter([torch.ones(2), torch.ones(2, dtype=torch.int64)]), ValueError,
+    (lambda n: C.broadcast(torch.ones(2), src=n), ValueError, r"broadcast: src must be a rank in \[0, 1\]"),
+    (lambda n: C.broadcast([1.0, 2.0]), TypeError, "broadcast: x must be a torch.Tensor, got list"),
+    (lambda n: C.scatter(torch.tensor(3.0)), ValueError, "scatter: x must have at least 1 dimension"),
+    (lambda n: C.gather(torch.ones(2), dst=-1), ValueError, r"gather: dst must be a rank in \[0, 1\]"),
+    (lambda n: C.gather(torch.ones(2), dst=True), ValueError, "gather: dst must be a rank"),
+    (lambda n: C.reduce(torch.ones(2), op="mean"), ValueError, "reduce: op must be one of"),
+    (lambda n: C.reduce(torch.ones(2), dst=5), ValueError, r"reduce: dst must be a rank in \[0, 1\]"),
+    (lambda n: C.all_reduce_naive(torch.ones(2), op="mean"), ValueError, "all_reduce_naive: op must be one of"),
+    (lambda n: C.all_gather(torch.ones(2), stats=3), TypeError, "all_gather: stats must be a CommStats"),
+    (lambda n: C.reduce_scatter([torch.ones(2)] * 3), ValueError,
+     "reduce_scatter: chunks must be a list of world_size = 2 tensors, got 3 items"),
+    (lambda n: C.reduce_scatter(torch.ones(2)), ValueError, "chunks must be a list of world_size = 2 tensors, got Tensor"),
+    (lambda n: C.reduce_scatter([torch.ones(2), torch.ones(2, dtype=torch.int64)]), ValueError,
      r"every chunk must have the dtype and device of chunks\[0\]"),
-    (lambda n: C.p2p_all_to_all([torch.ones(2), torch.ones(3)]), ValueError,
-     r"p2p_all_to_all: every chunk must have the shape of chunks\[0\] = \(2,\); chunks\[1\] has \(3,\)"),
-    (lambda n: C.p2p_all_to_all([torch.ones(2), "x"]), TypeError, r"chunks\[1\] must be a torch.Tensor"),
+    (lambda n: C.all_to_all([torch.ones(2), torch.ones(3)]), ValueError,
+     r"all_to_all: every chunk must have the shape of chunks\[0\] = \(2,\); chunks\[1\] has \(3,\)"),
+    (lambda n: C.all_to_all([torch.ones(2), "x"]), TypeError, r"chunks\[1\] must be a torch.Tensor"),
     (lambda n: C.ring_all_reduce(torch.ones(2), op="avg"), ValueError, "ring_all_reduce: op must be one of"),
     (lambda n: C.ring_all_reduce(torch.ones(2), stats={}), TypeError, "stats must be a CommStats or None, got dict"),
     (lambda n: C.allreduce_bandwidth([2]), ValueError, "sizes must be a non-empty list of byte counts >= 4"),
     (lambda n: C.allreduce_bandwidth([4096], reps=0), ValueError, "reps must be an int >= 1"),
+    (lambda n: C.allreduce_bandwidth([4096], byte_budget=0), ValueError, "byte_budget must be a positive int"),
+    (lambda n: C.ring_all_reduce(torch.ones(2), trace=()), TypeError, "trace must be a list or None, got tuple"),
+    (lambda n: C.ring_reduce_scatter([torch.ones(2)]), ValueError,
+     "ring_reduce_scatter: chunks must be a list of world_size = 2 tensors, got 1 items"),
+    (lambda n: C.ring_reduce_scatter([torch.ones(2)] * 2, op="mean"), ValueError, "ring_reduce_scatter: op must be one of"),
+    (lambda n: C.ring_all_gather("x"), TypeError, "ring_all_gather: x must be a torch.Tensor, got str"),
 ]
 
 
@@ -360,3 +402,11 @@ def test_column_and_row_shards_are_the_right_slices():
     assert_close(torch.cat([c.bias for c in col], 0), lin1.bias)
     assert_close(torch.cat([r.weight for r in row], 1), lin2.weight)     # (6, 12): input blocks
     assert all(torch.equal(r.bias, lin2.bias) for r in row)             # the full bias, added once
+
+
+def test_allreduce_bandwidth_byte_budget_caps_the_timed_calls():
+    def fn(rank, n):
+        return C.allreduce_bandwidth([1024, 4096, 65536], reps=5, warmup=0, byte_budget=8192)
+    rows = launch(fn, 2)
+    assert [r["reps"] for r in rows[0]] == [r["reps"] for r in rows[1]]   # every rank made the same calls
+    assert {r["bytes"]: r["reps"] for r in rows[0]} == {1024: 5, 4096: 2, 65536: 1}

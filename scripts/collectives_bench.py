@@ -2,8 +2,8 @@
 
 Run it with torchrun, which starts the ranks and sets RANK, WORLD_SIZE and LOCAL_RANK:
 
-    torchrun --nproc-per-node 2 benchmarks/07_allreduce_bandwidth.py
-    torchrun --nproc-per-node 2 benchmarks/07_allreduce_bandwidth.py --sizes 4K,1M --reps 3
+    torchrun --nproc-per-node 2 scripts/collectives_bench.py
+    torchrun --nproc-per-node 2 scripts/collectives_bench.py --sizes 4K,1M --reps 3
 
 It uses NCCL (one GPU per rank) when CUDA is available and gloo on the CPU otherwise; the code is
 the same. Rank 0 prints a table (algbw and busbw as nccl-tests defines them) and writes
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
 
 def write(rows, out_dir: Path, backend: str, world_size: int, dev_name: str, png: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["backend", "world_size", "device", "algorithm", "bytes", "seconds", "algbw_GBps", "busbw_GBps"]
+    fields = ["backend", "world_size", "device", "algorithm", "bytes", "reps", "seconds", "algbw_GBps",
+              "busbw_GBps"]
     with (out_dir / f"{NAME}.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -93,7 +94,7 @@ def write(rows, out_dir: Path, backend: str, world_size: int, dev_name: str, png
     for name in ALL_REDUCE_ALGORITHMS:
         mine = [r for r in rows if r["algorithm"] == name]
         for ax, key in zip(axes, ("algbw_GBps", "busbw_GBps")):
-            ax.semilogx([r["bytes"] for r in mine], [r[key] for r in mine], "o-", label=name)
+            ax.loglog([r["bytes"] for r in mine], [r[key] for r in mine], "o-", label=name)
     for ax, key in zip(axes, ("algbw", "busbw")):
         ax.set(xlabel="message size (bytes)", ylabel=f"{key} (GB/s)",
                title=f"all-reduce {key}: {backend}, {world_size} × {dev_name}")
