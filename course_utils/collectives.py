@@ -142,7 +142,7 @@ def scatter(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) ->
     return counted_recv(out, src, stats) if out.numel() else out
 
 def gather(x: torch.Tensor, dst: int = 0, *,
-               stats: CommStats | None = None) -> list[torch.Tensor] | None:
+           stats: CommStats | None = None) -> list[torch.Tensor] | None:
     """Gather from send/recv: ``dst`` receives every rank's ``x`` (same shape and dtype on every
     rank, as ``dist.gather`` needs); returns the list in rank order on ``dst``, None elsewhere."""
     rank, n = _begin("gather", stats, x=x, dst=dst)
@@ -154,7 +154,7 @@ def gather(x: torch.Tensor, dst: int = 0, *,
 
 
 def reduce(x: torch.Tensor, dst: int = 0, op: str = "sum", *,
-               stats: CommStats | None = None) -> torch.Tensor | None:
+           stats: CommStats | None = None) -> torch.Tensor | None:
     """Reduce from send/recv: ``dst`` receives every rank's ``x`` and combines them in rank order
     with ``op`` ('sum', 'prod', 'max', 'min'); returns the result on ``dst``, None elsewhere."""
     rank, n = _begin("reduce", stats, x=x, dst=dst)
@@ -194,17 +194,23 @@ def _pieces(fn: str, chunks, n: int, same_shape: bool) -> list[torch.Tensor]:
 
 
 def all_to_all(chunks: list[torch.Tensor], *,
-                   stats: CommStats | None = None) -> list[torch.Tensor]:
+               stats: CommStats | None = None) -> list[torch.Tensor]:
     """All-to-all from send/recv: rank ``r`` sends ``chunks[j]`` to rank ``j`` and returns the list
     whose item ``j`` is what rank ``j`` sent it. All chunks have one shape (equal splits, as
-    ``dist.all_to_all_single`` without split sizes). Pairwise schedule: at step s, send to (r+s) mod N, receive from (r-s) mod N."""
+    ``dist.all_to_all_single`` without split sizes). Pairwise schedule: at step s, send to
+    (r+s) mod N, receive from (r-s) mod N."""
     rank, n = _begin("all_to_all", stats)
-    chunks = _pieces("all_to_all", chunks, n, same_shape=True)
+    return _pairwise_exchange(_pieces("all_to_all", chunks, n, same_shape=True), rank, n, stats)
+
+
+def _pairwise_exchange(chunks: list, rank: int, n: int, stats) -> list[torch.Tensor]:
+    """Send chunks[j] to rank j, one partner per step; item j of the result came from rank j.
+    Every rank receives pieces shaped like its own chunks[rank]."""
     out = [None] * n
     out[rank] = chunks[rank].clone()
     for s in range(1, n):
         dst, src = (rank + s) % n, (rank - s) % n
-        out[src] = send_recv(chunks[dst], dst, torch.empty_like(chunks[src]).contiguous(), src, stats)
+        out[src] = send_recv(chunks[dst], dst, torch.empty_like(chunks[rank]).contiguous(), src, stats)
     return out
 
 def all_gather(x: torch.Tensor, *, stats: CommStats | None = None) -> list[torch.Tensor]:
@@ -216,19 +222,14 @@ def all_gather(x: torch.Tensor, *, stats: CommStats | None = None) -> list[torch
 
 
 def reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
-                       stats: CommStats | None = None) -> torch.Tensor:
+                   stats: CommStats | None = None) -> torch.Tensor:
     """Reduce-scatter from send/recv: rank ``r`` returns ``chunks[r]`` combined over all ranks
     (in rank order) with ``op``. Chunk ``j`` must have the same shape on every rank; chunks may
     differ from each other (a length-7 tensor's ``tensor_split(3)`` is fine). It is an all-to-all
     whose arrivals are combined locally."""
     rank, n = _begin("reduce_scatter", stats)
     combine = _reduce_op("reduce_scatter", op)
-    chunks = _pieces("reduce_scatter", chunks, n, same_shape=False)
-    arrived = [None] * n
-    arrived[rank] = chunks[rank].clone()
-    for s in range(1, n):
-        dst, src = (rank + s) % n, (rank - s) % n
-        arrived[src] = send_recv(chunks[dst], dst, torch.empty_like(chunks[rank]).contiguous(), src, stats)
+    arrived = _pairwise_exchange(_pieces("reduce_scatter", chunks, n, same_shape=False), rank, n, stats)
     out = arrived[0]
     for a in arrived[1:]:
         out = combine(out, a)

@@ -10,10 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _need_float(name, t, where):
+def _need_float(name, t, where, shape=None):
+    """``t`` must be a floating-point tensor; with ``shape`` (e.g. "(tokens, n_experts)") also
+    one with that many dimensions."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
         raise TypeError(f"{where}: {name} must be a floating-point tensor, got {got}")
+    if shape is not None and t.dim() != shape.count(",") + 1:
+        raise ValueError(f"{where}: {name} must have shape {shape}, got {tuple(t.shape)}")
 
 
 class SwiGLU(nn.Module):
@@ -47,10 +51,7 @@ def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = True):
     expert indices (tokens, k) int64, largest probability first, and the gate weights
     (tokens, k) in the dtype of logits. The softmax runs in at least float32.
     """
-    _need_float("logits", logits, "topk_route")
-    if logits.dim() != 2:
-        raise ValueError(f"topk_route: logits must have shape (tokens, n_experts), got "
-                         f"{tuple(logits.shape)}")
+    _need_float("logits", logits, "topk_route", "(tokens, n_experts)")
     n_experts = logits.shape[1]
     if not isinstance(k, int) or not 1 <= k <= n_experts:
         raise ValueError(f"topk_route: k must be an int in [1, n_experts] = [1, {n_experts}], "
@@ -103,10 +104,7 @@ def load_balancing_loss(router_probs: torch.Tensor, indices: torch.Tensor) -> to
     routes that chose expert i (not differentiable), P_i = mean probability of expert i.
     Equals 1 under perfectly uniform routing; grows with imbalance, up to n_experts.
     """
-    _need_float("router_probs", router_probs, "load_balancing_loss")
-    if router_probs.dim() != 2:
-        raise ValueError(f"load_balancing_loss: router_probs must have shape (tokens, n_experts), "
-                         f"got {tuple(router_probs.shape)}")
+    _need_float("router_probs", router_probs, "load_balancing_loss", "(tokens, n_experts)")
     T, E = router_probs.shape
     if indices.dim() != 2 or indices.shape[0] != T or indices.dtype != torch.int64:
         raise ValueError(f"load_balancing_loss: indices must be int64 of shape (tokens, k) = "
@@ -166,10 +164,7 @@ def expert_choice_route(logits: torch.Tensor, capacity: int):
     tokens * c / n_experts). Returns weights (n_experts, capacity) and token indices
     (n_experts, capacity) int64.
     """
-    _need_float("logits", logits, "expert_choice_route")
-    if logits.dim() != 2:
-        raise ValueError(f"expert_choice_route: logits must have shape (tokens, n_experts), "
-                         f"got {tuple(logits.shape)}")
+    _need_float("logits", logits, "expert_choice_route", "(tokens, n_experts)")
     T = logits.shape[0]
     if not isinstance(capacity, int) or not 1 <= capacity <= T:
         raise ValueError(f"expert_choice_route: capacity must be an int in [1, tokens] = "
@@ -201,10 +196,7 @@ def deepseek_v3_route(scores, bias, *, n_groups, topk_groups, k, route_scale=1.0
     (n_experts,), zeros for none. Returns (indices, gates): the expert indices (tokens, k) int64,
     ordered by choice score, and the gates (tokens, k) in the dtype of scores.
     """
-    _need_float("scores", scores, "deepseek_v3_route")
-    if scores.dim() != 2:
-        raise ValueError(f"deepseek_v3_route: scores must have shape (tokens, n_experts), got "
-                         f"{tuple(scores.shape)}")
+    _need_float("scores", scores, "deepseek_v3_route", "(tokens, n_experts)")
     if scores.numel() and (scores.detach().min() < 0 or scores.detach().max() > 1):
         raise ValueError("deepseek_v3_route: scores must be sigmoid affinities in [0, 1] "
                          "(pass torch.sigmoid(logits), not the logits)")
@@ -245,9 +237,7 @@ def update_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, gamma: floa
     return bias + gamma * torch.sign(load.mean() - load)
 
 def _check_dispatch(where, x, weights, indices, experts):
-    _need_float("x", x, where)
-    if x.dim() != 2:
-        raise ValueError(f"{where}: x must have shape (tokens, d_model), got {tuple(x.shape)}")
+    _need_float("x", x, where, "(tokens, d_model)")
     T = x.shape[0]
     if indices.dtype != torch.int64 or indices.dim() != 2 or indices.shape[0] != T:
         raise ValueError(f"{where}: indices must be int64 of shape (tokens, k) = ({T}, k), "
