@@ -78,6 +78,9 @@ def env_summary() -> dict[str, str]:
     """What notebook 00 prints: versions, the device and the Triton mode."""
     import matplotlib  # noqa: PLC0415
     import numpy  # noqa: PLC0415
+
+    from .launch import default_start_method  # noqa: PLC0415
+
     try:
         import ipywidgets  # noqa: PLC0415
         widgets = ipywidgets.__version__
@@ -103,7 +106,7 @@ def env_summary() -> dict[str, str]:
         "device": dev_text,
         "triton mode": triton_mode(),
         "distributed backends": ", ".join(backends) or "none",
-        "process start method": "fork" if sys.platform.startswith("linux") else "spawn",
+        "process start method": default_start_method(),
     }
 
 

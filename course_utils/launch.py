@@ -7,10 +7,17 @@ use from a notebook; scripts use ``torchrun`` instead, and the same rank functio
 
 What it guarantees, and why each piece is here:
 
-* **Functions defined in a notebook cell work on Linux**: ranks are started with ``fork``, which
-  copies the notebook's memory, functions included. Where only ``spawn`` exists (macOS, Windows)
-  a rank function must be importable from a ``.py`` file; a notebook-defined one is refused with
-  a message saying so, instead of the cryptic "Can't get attribute" pickling error.
+* **Functions defined in a notebook cell work everywhere**: on Linux without a CUDA GPU ranks are
+  started with ``fork``, which copies the notebook's memory, functions included. Elsewhere
+  (a Linux machine with CUDA GPUs: ``forkserver``; macOS and Windows: ``spawn``) ranks are fresh
+  processes and the function and its arguments are sent to them by value with ``cloudpickle``
+  (lambdas, closures and notebook-defined classes too), together with the notebook's environment
+  variables and random-number state, so a rank sees what a forked one would.
+* **Backward passes before the launch do no harm**: once a process has run a backward pass on a
+  machine with CUDA, autograd refuses to run in processes forked from it (its device threads
+  cannot be forked; PyTorch's wiki "Autograd and Fork"). So on such machines ranks fork from a
+  *fork server*: a separate interpreter, started on the first call (about 2 s), that has
+  imported torch, so later launches take tens of milliseconds, and never runs autograd or CUDA.
 * **Each rank uses one CPU thread**: GNU OpenMP is not fork-safe, so a forked child whose parent
   already ran a parallel op hangs in its first matmul unless its thread pool is reset; one thread
   per rank is also what N ranks on a small CPU should use.
@@ -22,27 +29,38 @@ What it guarantees, and why each piece is here:
   :class:`RankError` naming the rank, with its traceback; the other ranks are stopped.
 * **Nothing hangs**: after ``timeout`` seconds the ranks still running are killed and a
   ``TimeoutError`` names them. The same timeout bounds every collective inside the group.
-* **No process outlives the call**: ranks are reaped in a ``finally`` block, and on Linux each
-  rank also dies with its parent (``PR_SET_PDEATHSIG``) should the kernel itself be killed.
-* **Known limit (GPU machines)**: once this process has run a backward pass on a machine with
-  CUDA, autograd refuses to run in forked children (its device threads cannot be forked); the
-  error report then carries a hint. Shipping functions to fresh processes (forkserver plus
-  pickling by value) would lift this and the spawn-only restriction; not done yet.
+* **No process outlives the call**: ranks are reaped in a ``finally`` block. Should the notebook's
+  kernel itself be killed, a forked rank dies with it (Linux ``PR_SET_PDEATHSIG``), and a
+  fork-server or spawned rank exits as soon as multiprocessing's pipe from the kernel closes.
 * **No "address already in use"**: the rendezvous store listens on a port the OS picks (port 0)
   and is held by the parent for the call, so a re-run after an interrupt never collides.
+
+Known limits: on a machine with CUDA, ranks started with an explicit ``start_method="fork"``
+still cannot run autograd once the notebook ran a backward pass (the error report then carries a
+hint). With ``forkserver`` and ``spawn`` whatever the rank function uses must be picklable by
+cloudpickle (no open files, locks or generators in its arguments or globals), and torch settings
+changed in the notebook (other than the random state) are not carried over. The fork server
+imports torch and course_utils (Triton with it) once, with the environment of the first call:
+a variable read at import time, such as ``TRITON_INTERPRET``, must be set before that call.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import io
+import linecache
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import pickle
 import queue
+import random
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -53,6 +71,11 @@ import torch.distributed as dist
 __all__ = ["run_distributed", "RankError", "default_start_method"]
 
 _HOST = "127.0.0.1"
+# What the fork server imports once, so that each rank it forks starts with them already loaded
+# (symbolic_shapes: autograd imports it, slowly, on the first backward with an explicit gradient;
+# cloudpickle: rebuilding the rank function needs it).
+_PRELOAD = ["torch", "torch.distributed", "course_utils.launch",
+            "torch.fx.experimental.symbolic_shapes", "cloudpickle"]
 
 
 class RankError(RuntimeError):
@@ -66,9 +89,22 @@ class RankError(RuntimeError):
         super().__init__(msg)
 
 
+def _cuda_device_count() -> int:
+    """CUDA GPUs visible here, counted through NVML where it works, so CUDA is not initialised in
+    this process (torch tries NVML first; ``course_utils`` also sets PYTORCH_NVML_BASED_CUDA_CHECK)."""
+    try:
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - a broken driver counts as no GPU
+        return 0
+
+
 def default_start_method() -> str:
-    """``fork`` on Linux (notebook-defined functions work), ``spawn`` elsewhere."""
-    return "fork" if sys.platform.startswith("linux") else "spawn"
+    """``fork`` on Linux without CUDA GPUs (fast, and what CI and most learners use);
+    ``forkserver`` on Linux with CUDA GPUs (autograd cannot run in processes forked from one that
+    ran backward there); ``spawn`` on macOS and Windows."""
+    if not sys.platform.startswith("linux"):
+        return "spawn"
+    return "forkserver" if _cuda_device_count() > 0 else "fork"
 
 
 def _die_with_parent() -> None:
@@ -93,11 +129,57 @@ def _detach(x):
     return x
 
 
-def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, logdir, go, fn,
-               args, q):
+def _exit_with_caller() -> None:
+    """A fork-server or spawned rank is not the notebook's child, or not one that PR_SET_PDEATHSIG
+    covers: watch multiprocessing's pipe to the process that started it and exit when it closes."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        mp.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-caller", daemon=True).start()
+
+
+def _adopt_environment(env: dict) -> None:
+    """Make this fresh process's environment the notebook's (as it would be after a fork)."""
+    for k in [k for k in os.environ if k not in env]:
+        del os.environ[k]
+    for k, v in env.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+
+
+def _unpack(rng: dict, sources: dict, blob: bytes):
+    """Rebuild (fn, args) sent by value, then take over the notebook's random state."""
+    linecache.cache.update(sources)  # notebook cells' source lines, for tracebacks
+    try:
+        fn, args = pickle.loads(blob)
+    except Exception as e:
+        raise RuntimeError(f"run_distributed: the rank function and its arguments could not be "
+                           f"rebuilt in the new process ({type(e).__name__}: {e}). A module they "
+                           f"refer to by name must be importable there (a .py file next to the "
+                           f"notebook is).") from e
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["random"])
+    if rng.get("numpy") is not None:
+        import numpy  # noqa: PLC0415
+
+        numpy.random.set_state(rng["numpy"])
+    return fn, args
+
+
+def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, logdir, go, job, q,
+               shipped=False):
+    """One rank. ``job`` is ``(fn, args)`` after a fork, or ``(env, rng, sources, blob)`` sent by value."""
     _die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
         os._exit(1)
+    if shipped:
+        _exit_with_caller()
+        _adopt_environment(job[0])
     torch.set_num_threads(threads)
     # Prints go to a line-buffered file the parent reads (also after a timeout); stderr (Python
     # warnings, which carry file paths) and fd-level output (C++ warnings) only reach error reports.
@@ -120,6 +202,7 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, lo
         # resolver lock) gives the child that lock held forever, and the child hangs.
         if not go.wait(timeout):
             raise TimeoutError(f"rank {rank} was never told to start")
+        fn, args = _unpack(*job[1:]) if shipped else job
         if backend == "nccl":
             torch.cuda.set_device(rank)
         store = dist.TCPStore(_HOST, port, None, False, timeout=td,
@@ -150,6 +233,71 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, lo
             pass
         q.close()
         q.join_thread()
+
+
+def _pack(fn, args, method: str) -> tuple:
+    """What a fresh rank needs to act like a forked one: the environment, the random state,
+    notebook cells' source (for tracebacks), and fn with its arguments pickled by value."""
+    try:
+        import cloudpickle  # noqa: PLC0415
+    except ImportError as e:
+        raise ImportError(f"run_distributed: start method {method!r} sends the rank function to the "
+                          f"new processes with cloudpickle, which is not installed here. Install "
+                          f"it with: pip install cloudpickle") from e
+    try:
+        blob = cloudpickle.dumps((fn, args))
+    except Exception as e:  # noqa: BLE001 - name the culprit, whatever pickling raised
+        raise TypeError(_unpicklable_text(fn, args, method, e, cloudpickle)) from e
+    numpy = sys.modules.get("numpy")
+    rng = {"torch": torch.get_rng_state(), "random": random.getstate(),
+           "numpy": numpy.random.get_state() if numpy is not None else None}
+    sources = {k: v for k, v in list(linecache.cache.items())
+               if isinstance(v, tuple) and len(v) == 4 and v[1] is None}  # cells, not files
+    return dict(os.environ), rng, sources, blob
+
+
+def _unpicklable_text(fn, args, method, err, cloudpickle) -> str:
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    culprit = f"something in them cannot be pickled ({type(err).__name__}: {err})"
+    try:
+        cloudpickle.dumps(fn)
+    except Exception as e:  # noqa: BLE001
+        culprit = (f"the function itself, or a global or variable it uses, cannot be pickled "
+                   f"({type(e).__name__}: {e})")
+    else:
+        for i, a in enumerate(args):
+            try:
+                cloudpickle.dumps(a)
+            except Exception as e:  # noqa: BLE001
+                culprit = (f"argument {i + 1} after world_size (a {type(a).__name__}) cannot be "
+                           f"pickled ({type(e).__name__}: {e})")
+                break
+    return (f"run_distributed: with start method {method!r} the ranks are new processes, and "
+            f"'{name}' and its arguments are sent to them pickled (cloudpickle); {culprit}. Pass "
+            f"plain data (tensors, numbers, strings, lists, dicts), and create locks, open files, "
+            f"generators or connections inside the rank function.")
+
+
+@contextlib.contextmanager
+def _no_main_rerun():
+    """forkserver and spawn would re-run the main script (``__main__.__file__``) in every rank to
+    find functions defined there; the rank function is sent by value instead, so skip that (a
+    script's top-level code, run_distributed included, must not run again in each rank)."""
+    from multiprocessing import spawn  # noqa: PLC0415
+
+    original = spawn.get_preparation_data
+
+    def preparation_data(name):
+        data = original(name)
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+        return data
+
+    spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
 
 
 def _read(logdir: str, rank: int, kind: str) -> str:
@@ -212,13 +360,6 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
     if method not in mp.get_all_start_methods():
         raise ValueError(f"run_distributed: start method {method!r} is not available here; "
                          f"choose one of {mp.get_all_start_methods()}")
-    if method != "fork" and getattr(fn, "__module__", None) == "__main__":
-        raise RuntimeError(
-            f"run_distributed: on this system processes are started with {method!r}, which can "
-            f"only import a rank function from a module. '{fn.__name__}' was defined in the "
-            f"notebook (module __main__), where the new processes cannot find it (the error would "
-            f"read \"Can't get attribute\"). Move it into a .py file next to the notebook, "
-            f"import it, and pass the imported function.")
     if backend == "nccl":
         if not dist.is_nccl_available() or torch.cuda.device_count() < world_size:
             raise RuntimeError(f"run_distributed: backend='nccl' needs {world_size} CUDA GPUs; "
@@ -226,11 +367,13 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
         if method == "fork" and torch.cuda.is_initialized():
             raise RuntimeError(
                 "run_distributed: CUDA is already initialised in this process, and forked "
-                "processes cannot use it. Restart the kernel and call run_distributed before "
-                "any CUDA work, or put the rank function in a module and pass start_method='spawn'.")
+                "processes cannot use it. Pass start_method='forkserver' (the default on Linux "
+                "with a GPU), or restart the kernel and call run_distributed before any CUDA work.")
 
     if sys.platform.startswith("win"):
         os.environ.setdefault("USE_LIBUV", "0")  # gloo on Windows has no libuv transport
+    shipped = method != "fork"
+    job = _pack(fn, args, method) if shipped else (fn, args)  # before the store: may raise
     if method == "fork":
         # autograd imports this lazily (and slowly: sympy) on the first backward with an explicit
         # gradient; importing it once here saves every forked rank from paying for it again.
@@ -239,16 +382,18 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
     store = dist.TCPStore(_HOST, 0, None, True, timeout=td, wait_for_workers=False,
                           use_libuv=not sys.platform.startswith("win"))
     ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(_PRELOAD)  # used when the server starts (first call)
     q, go = ctx.Queue(), ctx.Event()
     logdir = tempfile.mkdtemp(prefix="run_distributed-")
-    parent = os.getpid() if method == "fork" else None  # forkserver children have another parent
+    parent = os.getpid() if method == "fork" else None  # fresh ranks watch a pipe instead
     procs = [ctx.Process(target=_rank_main, name=f"rank{r}", daemon=True,
                          args=(r, world_size, backend, store.port, timeout, threads_per_rank,
-                               parent, logdir, go, fn, args, q))
+                               parent, logdir, go, job, q, shipped))
              for r in range(world_size)]
     results: dict[int, bytes] = {}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_main_rerun() if shipped else contextlib.nullcontext():
             # Python 3.12+ warns that fork() in a multi-threaded process may deadlock; the
             # children reset their thread pools first (see the module docstring).
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -326,7 +471,6 @@ def _timeout_text(pending, results, timeout, logdir) -> str:
 def _hint(detail: str) -> str:
     if "autograd's threading in combination with fork" in detail:
         return ("\nHint: this process ran a backward pass before starting the ranks, and on a "
-                "machine with a GPU autograd's threads cannot be forked. Restart the kernel and "
-                "start the ranks before any backward pass, or put the rank function in a module "
-                "and pass start_method='spawn'.")
+                "machine with a GPU autograd's threads cannot be forked. Leave start_method at its "
+                "default (forkserver on Linux with a GPU) or pass start_method='forkserver'.")
     return ""

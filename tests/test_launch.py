@@ -11,12 +11,27 @@ import torch.distributed as dist
 from course_utils.launch import RankError, run_distributed
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc are Linux")
+fork_server = pytest.mark.skipif(
+    "forkserver" not in __import__("multiprocessing").get_all_start_methods(),
+    reason="no forkserver here")
 
 
 def children(pid=None):
-    """Live child processes of this process (from /proc), except multiprocessing's resource
-    tracker, a helper that spawn-based runs start once per interpreter by design."""
-    pid = pid or os.getpid()
+    """Live processes this process started (from /proc), except the helpers multiprocessing keeps
+    for the interpreter's lifetime by design: the resource tracker and the fork server. The fork
+    server's own children (the ranks it forked) do count."""
+    out = []
+    for child, cmd in _direct_children(pid or os.getpid()):
+        if "resource_tracker" in cmd:
+            continue
+        if "multiprocessing.forkserver" in cmd:
+            out += _direct_children(child)
+        else:
+            out.append((child, cmd))
+    return out
+
+
+def _direct_children(pid):
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -27,7 +42,7 @@ def children(pid=None):
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and "resource_tracker" not in cmd:
+        if ppid == pid:
             out.append((int(d), cmd.replace("\0", " ")))
     return out
 
@@ -127,7 +142,8 @@ def test_a_rank_that_dies_without_reporting():
 
 
 @linux_only
-def test_an_interrupt_kills_the_ranks_and_a_rerun_works():
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_an_interrupt_kills_the_ranks_and_a_rerun_works(method):
     class Interrupt(Exception):
         pass
 
@@ -138,12 +154,13 @@ def test_an_interrupt_kills_the_ranks_and_a_rerun_works():
     signal.setitimer(signal.ITIMER_REAL, 1.0)  # like pressing "interrupt kernel" after 1 s
     try:
         with pytest.raises(Interrupt):
-            run_distributed(sleepy, 2, timeout=60)
+            run_distributed(sleepy, 2, timeout=60, start_method=method)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert children() == []
-    out = run_distributed(all_reduce_sum, 2, 1.0, timeout=60, echo=False)  # no "address in use"
+    out = run_distributed(all_reduce_sum, 2, 1.0, timeout=60, echo=False,  # no "address in use"
+                          start_method=method)
     assert out[1]["sum"][0].item() == 1.0
 
 
@@ -153,13 +170,13 @@ def test_unsendable_results_are_explained():
         run_distributed(returns_unpicklable, 2, timeout=30)
 
 
-def test_notebook_functions_are_refused_under_spawn():
-    def in_notebook(rank, world_size):
-        return rank
-
-    in_notebook.__module__ = "__main__"
-    with pytest.raises(RuntimeError, match=r"defined in the notebook[\s\S]*Move it into a \.py file"):
-        run_distributed(in_notebook, 2, start_method="spawn")
+def test_notebook_functions_work_under_spawn():
+    """macOS and Windows have only spawn: a function defined in a notebook cell is sent by value."""
+    nb = notebook()
+    out = run_distributed(nb["make_step"](1.0), 2, nb["Shard"](torch.ones(2)), timeout=120,
+                          echo=False, start_method="spawn")
+    for r in out:  # rank r holds SCALE + 1 + r = [2 + r, 3 + r]; summed over ranks 0 and 1
+        torch.testing.assert_close(r["sum"], torch.tensor([5.0, 7.0]))
 
 
 def test_spawn_works_with_an_importable_function():
@@ -250,18 +267,292 @@ def test_a_timeout_shows_what_the_stuck_ranks_printed():
     assert "--- last lines printed by rank 1 ---\nrank 1 reached the barrier" in msg
 
 
-@pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(),
-                    reason="no forkserver here")
+@fork_server
 def test_forkserver_works_with_an_importable_function():
     assert run_distributed(quick, 2, timeout=120, echo=False, start_method="forkserver") == [2.0, 2.0]
 
 
-def test_a_failed_start_shows_its_own_error():
-    # spawn must pickle the arguments; a lambda cannot be, so starting rank 0 fails
-    with pytest.raises(Exception) as e:
-        run_distributed(all_reduce_sum, 2, lambda: 1, timeout=30, start_method="spawn")
-    assert not isinstance(e.value, AssertionError), e.value
-    assert "pickle" in str(e.value).lower() or "lambda" in str(e.value).lower()
+@linux_only
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_failed_start_shows_its_own_error(method, monkeypatch):
+    import multiprocessing.process
+
+    real_start = multiprocessing.process.BaseProcess.start
+
+    def start(self):
+        if self.name == "rank1":
+            raise OSError("cannot start another process")
+        real_start(self)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
+    with pytest.raises(OSError, match="cannot start another process"):
+        run_distributed(sleepy, 2, timeout=30, start_method=method)
+    assert children() == []  # rank 0, started, was reaped
+
+
+def test_an_unpicklable_argument_is_named_before_anything_starts():
+    import threading
+
+    with pytest.raises(TypeError) as e:
+        run_distributed(all_reduce_sum, 2, threading.Lock(), timeout=30, start_method="spawn")
+    msg = str(e.value)
+    assert "'all_reduce_sum'" in msg and "argument 1 after world_size (a lock)" in msg, msg
+
+
+def test_an_unpicklable_global_is_blamed_on_the_function():
+    nb = notebook()
+    with pytest.raises(TypeError, match=r"'uses_a_generator'[\s\S]*the function itself, or a global"):
+        run_distributed(nb["uses_a_generator"], 2, timeout=30, start_method="spawn")
+
+
+def test_a_missing_cloudpickle_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)  # makes `import cloudpickle` fail
+    with pytest.raises(ImportError, match="pip install cloudpickle"):
+        run_distributed(quick, 2, timeout=30, start_method="spawn")
+
+
+def test_the_default_start_method(monkeypatch):
+    from course_utils import launch
+
+    monkeypatch.setattr(launch, "_cuda_device_count", lambda: 0)
+    assert launch.default_start_method() == ("fork" if sys.platform.startswith("linux") else "spawn")
+    monkeypatch.setattr(launch, "_cuda_device_count", lambda: 2)
+    assert launch.default_start_method() == ("forkserver" if sys.platform.startswith("linux") else "spawn")
+
+
+def test_counting_gpus_does_not_initialise_cuda():
+    from course_utils import launch
+
+    if torch.cuda.is_initialized():
+        pytest.skip("an earlier test in this process initialised CUDA")
+    launch.default_start_method()
+    assert not torch.cuda.is_initialized()
+
+
+# Code as a notebook cell defines it: module __main__, a global tensor, a class, a closure. Its
+# source goes into linecache under a made-up file name, as IPython does with cells.
+NOTEBOOK_CELL = """
+import os, torch, torch.distributed as dist
+
+SCALE = torch.tensor([1.0, 2.0])
+
+class Shard:
+    def __init__(self, values):
+        self.values = values
+
+def make_step(offset):
+    def step(rank, world_size, shard):
+        t = shard.values * SCALE + offset + rank
+        dist.all_reduce(t)
+        print(f"rank {rank}: COURSE_TEST_VAR={os.environ.get('COURSE_TEST_VAR')}")
+        return {"sum": t, "draw": torch.rand(2), "cls": type(shard).__name__}
+    return step
+
+def fails_in_a_cell(rank, world_size):
+    if rank == 1:
+        raise ValueError("broken in a notebook cell")
+    dist.barrier()
+
+def backward_in_rank(rank, world_size):
+    w = torch.ones(3, requires_grad=True)
+    (w * (rank + 1)).pow(2).sum().backward()
+    dist.all_reduce(w.grad)
+    return w.grad
+
+GEN = (i for i in range(3))
+
+def uses_a_generator(rank, world_size):
+    return next(GEN)
+"""
+
+
+def notebook():
+    import linecache
+
+    name = "/tmp/ipykernel_0/cell_1.py"
+    linecache.cache[name] = (len(NOTEBOOK_CELL), None, NOTEBOOK_CELL.splitlines(True), name)
+    ns = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, name, "exec"), ns)
+    return ns
+
+
+@fork_server
+def test_forkserver_runs_notebook_code_with_the_notebooks_environment(monkeypatch, capsys):
+    nb = notebook()
+    step = nb["make_step"](1.0)
+    assert step.__module__ == "__main__"
+    monkeypatch.setenv("COURSE_TEST_VAR", "set in the notebook")  # after the server started, maybe
+    torch.manual_seed(7)
+    expected_draw = torch.rand(2)
+    torch.manual_seed(7)  # a rank starts from the notebook's random state, as a forked one does
+    out = run_distributed(step, 2, nb["Shard"](torch.ones(2)), timeout=60, start_method="forkserver")
+    for r in out:
+        torch.testing.assert_close(r["sum"], torch.tensor([5.0, 7.0]))
+        torch.testing.assert_close(r["draw"], expected_draw)
+        assert r["cls"] == "Shard"
+    assert capsys.readouterr().out.splitlines() == [
+        f"[rank {r}] rank {r}: COURSE_TEST_VAR=set in the notebook" for r in range(2)]
+    assert children() == []
+
+
+@fork_server
+def test_forkserver_imports_a_module_next_to_the_notebook(tmp_path, monkeypatch):
+    """A function from a .py file the notebook imported travels by name: the rank must find the
+    file through sys.path as it is now, not as it was when the fork server started."""
+    (tmp_path / "helpers_next_to_notebook.py").write_text(
+        "import os\ndef rank_fn(rank, world_size):\n    return rank + 100, os.getcwd()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from helpers_next_to_notebook import rank_fn
+
+    out = run_distributed(rank_fn, 2, timeout=60, echo=False, start_method="forkserver")
+    assert out == [(100, str(tmp_path)), (101, str(tmp_path))]
+
+
+@fork_server
+def test_forkserver_runs_a_lambda():
+    offset = torch.tensor(10.0)
+    assert run_distributed(lambda rank, n: (offset + rank).item(), 2, timeout=60, echo=False,
+                           start_method="forkserver") == [10.0, 11.0]
+
+
+@fork_server
+def test_forkserver_reports_a_failing_rank_with_the_cells_source():
+    t0 = time.monotonic()
+    with pytest.raises(RankError) as e:
+        run_distributed(notebook()["fails_in_a_cell"], 2, timeout=60, start_method="forkserver")
+    assert time.monotonic() - t0 < 10
+    msg = str(e.value)
+    assert e.value.rank == 1 and msg.startswith("rank 1 of 2 failed")
+    assert "in fails_in_a_cell" in msg and "ValueError: broken in a notebook cell" in msg
+    assert 'raise ValueError("broken in a notebook cell")' in msg  # the cell's line, shown
+    assert "_rank_main" not in msg
+    assert children() == []
+
+
+@fork_server
+def test_forkserver_stops_a_hanging_rank_at_the_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as e:
+        run_distributed(print_then_hang, 2, timeout=3, start_method="forkserver")
+    assert 3 <= time.monotonic() - t0 < 10
+    assert "ranks 0, 1 did not finish within 3 s" in str(e.value)
+    assert "--- last lines printed by rank 1 ---\nrank 1 reached the barrier" in str(e.value)
+    assert children() == []
+
+
+@fork_server
+def test_forkserver_ranks_run_backward_after_the_parent_did():
+    """The defect this path exists for: on a machine with CUDA, a backward pass in the notebook
+    breaks autograd in forked ranks. On a CPU-only machine fork works too, so this only guards the
+    path; the real case is test_backward_before_launch_on_a_gpu_machine (needs 2 GPUs)."""
+    w = torch.ones(2, requires_grad=True)
+    (w * 3).sum().backward()
+    out = run_distributed(notebook()["backward_in_rank"], 2, timeout=60, echo=False,
+                          start_method="forkserver")
+    for g in out:
+        torch.testing.assert_close(g, torch.full((3,), 10.0))  # 2 * 1**2 + 2 * 2**2
+
+
+KILLED_CALLER = """
+import os, sys, time
+import torch.distributed as dist
+from course_utils.launch import run_distributed
+
+# top level, no __main__ guard: the ranks must not run this script again
+print(run_distributed(lambda rank, n: rank, 2, echo=False, start_method="forkserver"), flush=True)
+
+def write_pid_then_sleep(rank, world_size, folder):
+    with open(os.path.join(folder, f"{rank}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+run_distributed(write_pid_then_sleep, 2, sys.argv[1], timeout=120, start_method="forkserver")
+"""
+
+
+@linux_only
+@fork_server
+def test_a_killed_caller_leaves_no_forkserver_ranks(tmp_path):
+    """Fork-server ranks are not the caller's children (PR_SET_PDEATHSIG does not reach them) and
+    keep the server alive; they must notice the caller's death themselves."""
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(KILLED_CALLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    with open(tmp_path / "out.txt", "w") as out:  # not a pipe: a leftover rank would hold it open
+        caller = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    pids = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert caller.poll() is None, (tmp_path / "out.txt").read_text()
+            assert time.monotonic() < deadline, "the ranks never started"
+            time.sleep(0.1)
+        time.sleep(0.2)  # let the pid files be written in full
+        pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        caller.kill()
+        caller.wait()
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(os.path.exists(f"/proc/{p}") for p in pids), "a rank outlived its caller"
+    finally:
+        caller.kill()
+        for p in pids:  # clean up after a failure
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert (tmp_path / "out.txt").read_text().splitlines()[0] == "[0, 1]"
+
+
+GPU_BACKWARD_FIRST = """
+import torch, torch.distributed as dist
+import course_utils
+from course_utils.launch import RankError, default_start_method, run_distributed
+
+assert default_start_method() == "forkserver", default_start_method()
+w = torch.ones(3, device="cuda", requires_grad=True)
+(w * 2).sum().backward()  # autograd starts its device threads; CUDA is initialised here too
+
+def cpu_step(rank, world_size):  # defined in __main__, like a notebook cell
+    x = torch.ones(3, requires_grad=True)
+    (x * (rank + 1)).sum().backward()
+    dist.all_reduce(x.grad)
+    return x.grad
+
+def gpu_step(rank, world_size):
+    x = torch.ones(3, device="cuda", requires_grad=True)
+    (x * (rank + 1)).sum().backward()
+    dist.all_reduce(x.grad)
+    return x.grad.cpu()
+
+try:  # the defect: forked ranks cannot run backward now
+    run_distributed(cpu_step, 2, timeout=120, echo=False, start_method="fork")
+    print("fork: no error (unexpected on a GPU machine)")
+except RankError as e:
+    assert "start_method='forkserver'" in str(e), e
+    print("fork: refused with the hint")
+for backend, fn in (("gloo", cpu_step), ("nccl", gpu_step)):
+    out = run_distributed(fn, 2, backend=backend, timeout=120, echo=False)
+    assert [g.tolist() for g in out] == [[3.0] * 3] * 2, out
+print("backward after backward ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_backward_before_launch_on_a_gpu_machine():
+    """The case that broke lessons 08-09 on GPU machines: backward in the notebook, then ranks
+    that run backward (gloo on CPU and NCCL on GPUs), with the default start method."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", GPU_BACKWARD_FIRST], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "backward after backward ok" in r.stdout, r.stdout + r.stderr
+    assert "fork: refused with the hint" in r.stdout, r.stdout
 
 
 NOTEBOOK_LIKE = """
@@ -272,16 +563,16 @@ def fn(rank, world_size):                # defined in __main__, like a notebook 
     t = torch.full((2,), float(rank + 1), device="cuda")
     dist.all_reduce(t)
     return t.cpu()
-out = run_distributed(fn, 2, backend="nccl", timeout=120, echo=False)
+out = run_distributed(fn, 2, backend="nccl", timeout=120, echo=False)  # forkserver by default
 assert [o.tolist() for o in out] == [[3.0, 3.0], [3.0, 3.0]], out
-print("nccl via fork ok")
+print("nccl from a notebook-like process ok")
 """
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_nccl_ranks_fork_from_a_notebook_like_process():
+def test_nccl_ranks_start_from_a_notebook_like_process():
     import subprocess
 
     r = subprocess.run([sys.executable, "-c", NOTEBOOK_LIKE], capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and "nccl via fork ok" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "nccl from a notebook-like process ok" in r.stdout, r.stdout + r.stderr
