@@ -224,8 +224,8 @@ def tp_step(rank, n, b, s, h, dtype):
     z = mlp(x)
     (z * w).sum().backward()
     out = {"z": z, "x": x.grad, "calls": calls, **{k: p.grad for k, p in mlp.named_parameters()}}
-    if rank == 0:  # the dense reference, computed in a rank: this (parent) process never runs
-        fc1, fc2, x, w = dense_mlp(b, s, h, dtype)  # backward, so later forks can (see notebook 07)
+    if rank == 0:  # the dense reference, computed in rank 0 from the same seed
+        fc1, fc2, x, w = dense_mlp(b, s, h, dtype)
         z = fc2(F.gelu(fc1(x)))
         (z * w).sum().backward()
         out["dense"] = {"z": z, "x": x.grad, "fc1.weight": fc1.weight.grad, "fc1.bias": fc1.bias.grad,
@@ -251,7 +251,7 @@ def test_tensor_parallel_mlp_output_and_gradients_equal_dense(n, b, s, h, dtype)
 def test_tensor_parallel_mlp_on_one_rank_is_the_dense_mlp_without_processes():
     fc1, fc2, x, w = dense_mlp(3, 2, 4, torch.float64)
     mlp = C.TensorParallelMLP(fc1, fc2, 0, 1, all_reduce=lambda t: t)
-    with torch.no_grad():                            # no backward in this process (see tp_step)
+    with torch.no_grad():
         assert_close(mlp(x), fc2(F.gelu(fc1(x))))
 
 

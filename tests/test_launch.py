@@ -150,6 +150,11 @@ def test_an_interrupt_kills_the_ranks_and_a_rerun_works(method):
     def raise_interrupt(signum, frame):
         raise Interrupt
 
+    # A first launch before the interrupt: it imports what a launch imports (sympy, through
+    # torch.fx, takes over a second on some machines) and starts the fork server. An interrupt that
+    # lands inside an import leaves that module half-imported for the rest of the process, which
+    # would break every later test in this worker, not just this one.
+    run_distributed(all_reduce_sum, 2, 1.0, timeout=60, echo=False, start_method=method)
     old = signal.signal(signal.SIGALRM, raise_interrupt)
     signal.setitimer(signal.ITIMER_REAL, 1.0)  # like pressing "interrupt kernel" after 1 s
     try:
