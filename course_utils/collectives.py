@@ -177,7 +177,7 @@ def all_reduce_naive(x: torch.Tensor, op: str = "sum", *,
     reduced = reduce(x, 0, op, stats=stats)
     return broadcast(x if reduced is None else reduced, 0, stats=stats)
 
-def _pieces(fn: str, chunks, n: int, same_shape: bool) -> list[torch.Tensor]:
+def _pieces(fn: str, chunks, n: int) -> list[torch.Tensor]:
     if not isinstance(chunks, (list, tuple)) or len(chunks) != n:
         got = f"{len(chunks)} items" if isinstance(chunks, (list, tuple)) else type(chunks).__name__
         raise ValueError(f"{fn}: chunks must be a list of world_size = {n} tensors, got {got}")
@@ -187,20 +187,17 @@ def _pieces(fn: str, chunks, n: int, same_shape: bool) -> list[torch.Tensor]:
             raise ValueError(f"{fn}: every chunk must have the dtype and device of chunks[0] "
                              f"({chunks[0].dtype}, {chunks[0].device}); chunks[{i}] has "
                              f"{c.dtype}, {c.device}")
-        if same_shape and c.shape != chunks[0].shape:
-            raise ValueError(f"{fn}: every chunk must have the shape of chunks[0] = "
-                             f"{tuple(chunks[0].shape)}; chunks[{i}] has {tuple(c.shape)}")
     return [c.detach() for c in chunks]
 
 
 def all_to_all(chunks: list[torch.Tensor], *,
                stats: CommStats | None = None) -> list[torch.Tensor]:
     """All-to-all from send/recv: rank ``r`` sends ``chunks[j]`` to rank ``j`` and returns the list
-    whose item ``j`` is what rank ``j`` sent it. All chunks have one shape (equal splits, as
-    ``dist.all_to_all_single`` without split sizes). Pairwise schedule: at step s, send to
-    (r+s) mod N, receive from (r-s) mod N."""
+    whose item ``j`` is what rank ``j`` sent it. Chunk ``j`` has one shape on every rank, chunks
+    may differ from each other: ``x.tensor_split(N)`` of any length works (``dist.all_to_all_single``
+    with split sizes). Pairwise schedule: at step s, send to (r+s) mod N, receive from (r-s) mod N."""
     rank, n = _begin("all_to_all", stats)
-    return _pairwise_exchange(_pieces("all_to_all", chunks, n, same_shape=True), rank, n, stats)
+    return _pairwise_exchange(_pieces("all_to_all", chunks, n), rank, n, stats)
 
 
 def _pairwise_exchange(chunks: list, rank: int, n: int, stats) -> list[torch.Tensor]:
@@ -229,7 +226,7 @@ def reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
     whose arrivals are combined locally."""
     rank, n = _begin("reduce_scatter", stats)
     combine = _reduce_op("reduce_scatter", op)
-    arrived = _pairwise_exchange(_pieces("reduce_scatter", chunks, n, same_shape=False), rank, n, stats)
+    arrived = _pairwise_exchange(_pieces("reduce_scatter", chunks, n), rank, n, stats)
     out = arrived[0]
     for a in arrived[1:]:
         out = combine(out, a)
@@ -313,7 +310,7 @@ def ring_reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
     each rank sends (N-1)/N of the chunks' bytes when they are equal."""
     rank, n = _begin("ring_reduce_scatter", stats)
     combine = _reduce_op("ring_reduce_scatter", op)
-    work = [c.clone().contiguous() for c in _pieces("ring_reduce_scatter", chunks, n, same_shape=False)]
+    work = [c.clone().contiguous() for c in _pieces("ring_reduce_scatter", chunks, n)]
     _ring_phase(work, "reduce-scatter", combine, stats)
     return work[rank]
 

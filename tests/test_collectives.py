@@ -91,6 +91,11 @@ def eight_vs_dist(rank, n):
     ref = torch.empty(n, 2, 3, dtype=torch.float64)
     dist.all_to_all_single(ref, torch.stack(chunks))      # (n, 2, 3): block j goes to rank j
     out["all_to_all"] = (torch.stack(C.all_to_all(chunks)), ref)
+    x7 = rand((7,), torch.float64, 600 + rank)                            # uneven pieces of 7
+    sizes = [len(p) for p in x7.tensor_split(n)]
+    ref = torch.empty(sizes[rank] * n, dtype=torch.float64)
+    dist.all_to_all_single(ref, x7, output_split_sizes=[sizes[rank]] * n, input_split_sizes=sizes)
+    out["all_to_all uneven"] = (torch.cat(C.all_to_all(list(x7.tensor_split(n)))), ref)
     return out
 
 
@@ -101,7 +106,7 @@ def eight(request):
 
 @pytest.mark.parametrize("name", ["broadcast", "scatter", "scatter uneven", "gather", "reduce sum",
                                   "reduce max", "reduce min", "all_gather", "reduce_scatter sum",
-                                  "reduce_scatter max", "all_reduce_naive", "all_to_all",
+                                  "reduce_scatter max", "all_reduce_naive", "all_to_all", "all_to_all uneven",
                                   "ring_reduce_scatter sum", "ring_reduce_scatter min", "ring_all_gather"])
 def test_collective_matches_torch_distributed(eight, name):
     n, res = eight
@@ -319,8 +324,8 @@ BAD_IN_RANKS = [
     (lambda n: C.reduce_scatter(torch.ones(2)), ValueError, "chunks must be a list of world_size = 2 tensors, got Tensor"),
     (lambda n: C.reduce_scatter([torch.ones(2), torch.ones(2, dtype=torch.int64)]), ValueError,
      r"every chunk must have the dtype and device of chunks\[0\]"),
-    (lambda n: C.all_to_all([torch.ones(2), torch.ones(3)]), ValueError,
-     r"all_to_all: every chunk must have the shape of chunks\[0\] = \(2,\); chunks\[1\] has \(3,\)"),
+    (lambda n: C.all_to_all([torch.ones(2)] * 3), ValueError,
+     "all_to_all: chunks must be a list of world_size = 2 tensors, got 3 items"),
     (lambda n: C.all_to_all([torch.ones(2), "x"]), TypeError, r"chunks\[1\] must be a torch.Tensor"),
     (lambda n: C.ring_all_reduce(torch.ones(2), op="avg"), ValueError, "ring_all_reduce: op must be one of"),
     (lambda n: C.ring_all_reduce(torch.ones(2), stats={}), TypeError, "stats must be a CommStats or None, got dict"),
