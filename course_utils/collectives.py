@@ -245,7 +245,7 @@ def draw_rank_buffers(ax, rows, title=None, *, fmt="{:g}", labels=None, highligh
     from course_utils import plotting  # noqa: PLC0415
 
     rows = [torch.empty(0) if r is None else torch.as_tensor(r).detach().reshape(-1).double()
-            for r in rows]
+            for r in rows]                                          # each (numel,)
     width = max(1, max(r.numel() for r in rows))
     a = np.full((len(rows), width), np.nan)                     # (ranks, width)
     for i, r in enumerate(rows):
