@@ -226,13 +226,16 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, lo
         err.flush()
         q.put((rank, "error", "".join(traceback.format_exception(etype, exc, tb))))
     finally:
+        # Flush the report into the pipe before leaving the group: peers waiting for this rank
+        # fail only once its connections close, so a failed rank's report reaches the parent
+        # before theirs and the error blames the rank that failed first.
+        q.close()
+        q.join_thread()
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
         except Exception:  # noqa: BLE001
             pass
-        q.close()
-        q.join_thread()
 
 
 def _pack(fn, args, method: str) -> tuple:

@@ -125,6 +125,18 @@ def test_a_crashing_rank_is_reported_fast_with_its_traceback():
 
 
 @linux_only
+def test_the_failed_rank_is_blamed_not_the_ranks_that_waited_for_it():
+    # Rank 1 fails while ranks 0, 2 and 3 wait for it in a barrier; they fail too once its
+    # connections close. Its report must reach the parent first (it is flushed before the rank
+    # leaves the group), so the error names rank 1 every time.
+    for _ in range(5):
+        with pytest.raises(RankError) as e:
+            run_distributed(crash_on_one, 4, timeout=60, echo=False)
+        assert e.value.rank == 1 and "ValueError: rank one is broken" in e.value.detail
+    assert children() == []
+
+
+@linux_only
 def test_a_hanging_rank_is_stopped_at_the_timeout():
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match=r"ranks 0, 1 did not finish within 3 s"):
