@@ -32,6 +32,8 @@ What it guarantees, and why each piece is here:
 * **No process outlives the call**: ranks are reaped in a ``finally`` block. Should the notebook's
   kernel itself be killed, a forked rank dies with it (Linux ``PR_SET_PDEATHSIG``), and a
   fork-server or spawned rank exits as soon as multiprocessing's pipe from the kernel closes.
+  The fork server itself (GPU machines only) is no rank: an idle process that stays for the
+  kernel's lifetime, so that later launches are fast, and exits with the kernel.
 * **No "address already in use"**: the rendezvous store listens on a port the OS picks (port 0)
   and is held by the parent for the call, so a re-run after an interrupt never collides.
 
