@@ -68,24 +68,18 @@ def eight_vs_dist(rank, n):
     refs = [torch.empty_like(a) for _ in range(n)]
     dist.all_gather(refs, a)
     out["all_gather"] = (torch.stack(C.all_gather(a)), torch.stack(refs))
+    out["ring_all_gather"] = (torch.stack(C.ring_all_gather(a)), torch.stack(refs))
 
     pieces = list(rand((7,), torch.float32, 400 + rank).tensor_split(n))  # uneven pieces
-    for op in ("sum", "max"):
+    for op in ("sum", "max", "min"):                    # pairwise exchange and the ring's phase
         ref = torch.empty_like(pieces[rank])
         dist.reduce_scatter(ref, pieces, op=OPS[op])
         out[f"reduce_scatter {op}"] = (C.reduce_scatter(pieces, op), ref)
+        out[f"ring_reduce_scatter {op}"] = (C.ring_reduce_scatter(pieces, op), ref)
 
     ref = x.clone()
     dist.all_reduce(ref)
     out["all_reduce_naive"] = (C.all_reduce_naive(x), ref)
-
-    for op in ("sum", "min"):                                             # the ring's phases alone
-        ref = torch.empty_like(pieces[rank])
-        dist.reduce_scatter(ref, pieces, op=OPS[op])
-        out[f"ring_reduce_scatter {op}"] = (C.ring_reduce_scatter(pieces, op), ref)
-    refs = [torch.empty_like(a) for _ in range(n)]
-    dist.all_gather(refs, a)
-    out["ring_all_gather"] = (torch.stack(C.ring_all_gather(a)), torch.stack(refs))
 
     chunks = [rand((2, 3), torch.float64, 500 + 10 * rank + j) for j in range(n)]
     ref = torch.empty(n, 2, 3, dtype=torch.float64)
@@ -106,8 +100,9 @@ def eight(request):
 
 @pytest.mark.parametrize("name", ["broadcast", "scatter", "scatter uneven", "gather", "reduce sum",
                                   "reduce max", "reduce min", "all_gather", "reduce_scatter sum",
-                                  "reduce_scatter max", "all_reduce_naive", "all_to_all", "all_to_all uneven",
-                                  "ring_reduce_scatter sum", "ring_reduce_scatter min", "ring_all_gather"])
+                                  "reduce_scatter max", "reduce_scatter min", "all_reduce_naive", "all_to_all",
+                                  "all_to_all uneven", "ring_reduce_scatter sum", "ring_reduce_scatter max",
+                                  "ring_reduce_scatter min", "ring_all_gather"])
 def test_collective_matches_torch_distributed(eight, name):
     n, res = eight
     for rank, r in enumerate(res):
