@@ -1,4 +1,4 @@
-"""FlashAttention benchmark for lesson 06: our Triton kernel against naive PyTorch attention and
+"""FlashAttention benchmark for lesson 07: our Triton kernel against naive PyTorch attention and
 every backend of F.scaled_dot_product_attention the GPU offers, in one run.
 
     python benchmarks/flash_attention.py            # the full run (about 6 minutes on an H100)
@@ -10,8 +10,8 @@ H = 2048 / d heads; T from 512 to 16384; bf16 and fp16; d = 64 and 128; causal a
 4·B·H·T²·d for the forward pass, halved when causal; the backward pass counts 2.5× the forward.
 Every result is checked against SDPA's memory-efficient kernel on float32 copies of the inputs
 before it is timed (triton.testing.do_bench, median). Writes, under --out (default assets/):
-    06_flash_attention_tflops.csv / .png   speed of every method, shape and pass
-    06_flash_attention_memory.csv / .png   peak memory against T (B = 1, H = 16, d = 64)
+    07_flash_attention_tflops.csv / .png   speed of every method, shape and pass
+    07_flash_attention_memory.csv / .png   peak memory against T (B = 1, H = 16, d = 64)
 and prints a summary table, the CS336 leaderboard setting and the configs the autotuner chose.
 """
 from __future__ import annotations
@@ -200,7 +200,7 @@ def main_sweep(args):
                         print(f"  {name}: {str(e)[:80]}")
                 del q, k, v, do, o, lse2, o_ref, g_ref
                 free()
-    path = Path(args.out) / "06_flash_attention_sweep.csv"
+    path = Path(args.out) / "07_flash_attention_sweep.csv"
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -245,7 +245,7 @@ def main_speed(args):
                               flush=True)
                     del q, k, v, do, ref
                     free()
-                    write_csv(rows, Path(args.out) / "06_flash_attention_tflops.csv", quiet=True)  # so far
+                    write_csv(rows, Path(args.out) / "07_flash_attention_tflops.csv", quiet=True)  # so far
     return rows
 
 
@@ -336,7 +336,7 @@ def plot(rows, mem_rows, out, gpu):
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"Attention speed on {gpu}, bf16, B·T = 16k tokens, hidden 2048")
     fig.tight_layout()
-    fig.savefig(Path(out) / "06_flash_attention_tflops.png")
+    fig.savefig(Path(out) / "07_flash_attention_tflops.png")
     fig, ax = plotting.figure(width=6, height=3.4)
     for m, ls in (("naive", "o-"), ("sdpa_flash", "s-"), ("ours", "o--")):
         pts = [(r["T"], r["peak_fwd_mib"]) for r in mem_rows if r["method"] == m and r["peak_fwd_mib"] == r["peak_fwd_mib"]]
@@ -349,7 +349,7 @@ def plot(rows, mem_rows, out, gpu):
     ax.set(xlabel="sequence length T", ylabel="peak extra memory (MiB)",
            title=f"Forward-pass memory, B = 1, H = 16, d = 64, bf16\n{gpu}")
     ax.legend(fontsize=8)
-    fig.savefig(Path(out) / "06_flash_attention_memory.png")
+    fig.savefig(Path(out) / "07_flash_attention_memory.png")
 
 
 def summary(rows):
@@ -396,8 +396,8 @@ def main():
         rows.append(r)
     rows.append({"method": "device", "status": f"{gpu}; torch {torch.__version__}; triton {triton.__version__}; "
                  f"matmul {tflops:.0f} TFLOP/s; copy {gbs:.0f} GB/s"})
-    write_csv(rows, Path(args.out) / "06_flash_attention_tflops.csv")
-    write_csv(mem_rows, Path(args.out) / "06_flash_attention_memory.csv")
+    write_csv(rows, Path(args.out) / "07_flash_attention_tflops.csv")
+    write_csv(mem_rows, Path(args.out) / "07_flash_attention_memory.csv")
     plot(rows, mem_rows, args.out, gpu)
     summary(rows)
     print(f"total {time.time() - t0:.0f} s")

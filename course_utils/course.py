@@ -11,8 +11,8 @@ __all__ = ["Lesson", "LESSONS", "lesson", "prerequisites", "draw_course_map"]
 
 @dataclass(frozen=True)
 class Lesson:
-    id: str                    # "06"
-    file: str                  # "06_flash_attention.ipynb"
+    id: str                    # "07"
+    file: str                  # "07_flash_attention.ipynb"
     title: str
     minutes: int               # reading time, roughly
     requires: tuple[str, ...]  # direct prerequisites (ids)
@@ -26,17 +26,17 @@ LESSONS = (
     Lesson("03", "03_rope.ipynb", "RoPE", 40, ("01",), "model"),
     Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 55, ("02", "03"), "model"),
     Lesson("05", "05_moe.ipynb", "MoE routing", 40, ("01",), "model"),
-    Lesson("06", "06_flash_attention.ipynb", "FlashAttention in Triton", 60, ("04",), "kernels"),
-    Lesson("07", "07_collectives.ipynb", "Collectives with real processes", 50, ("01",), "distributed"),
-    Lesson("08", "08_zero.ipynb", "ZeRO", 50, ("07",), "distributed"),
-    Lesson("09", "09_pipeline.ipynb", "Pipeline schedules", 45, ("07",), "distributed"),
-    Lesson("10", "10_mdp_bellman.ipynb", "MDPs and the Bellman equations", 40, ("01",), "rl"),
+    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 60, ("04",), "kernels"),
+    Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 50, ("01",), "distributed"),
+    Lesson("11", "11_zero.ipynb", "ZeRO", 50, ("10",), "distributed"),
+    Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 45, ("10",), "distributed"),
+    Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 40, ("01",), "rl"),
 )
 _BY_ID = {x.id: x for x in LESSONS}
 
 
 def lesson(lesson_id: str) -> Lesson:
-    """The lesson with this two-digit id ("00" … "10")."""
+    """The lesson with this two-digit id ("00" … "15"; only lessons that exist are listed)."""
     if lesson_id not in _BY_ID:
         raise KeyError(f"lesson: unknown id {lesson_id!r}; expected one of {sorted(_BY_ID)}")
     return _BY_ID[lesson_id]
@@ -77,7 +77,7 @@ def draw_course_map(ax=None, highlight: str | None = None):
         for k, v in labels.items()}
     edges = [(r, x.id) for x in LESSONS for r in x.requires]
     draw_dag(ax, [x.id for x in LESSONS], edges, labels=labels, colors=colors, box_width=1.5,
-             box_height=0.62, gap=0.45, fontsize=8)
+             box_height=0.62, gap=0.45, fontsize=9)
     title = "Course map" + (f": what to finish before {highlight}" if highlight else "")
     ax.set_title(title)
     return ax

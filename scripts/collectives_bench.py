@@ -1,4 +1,4 @@
-"""All-reduce bandwidth of the naive, ring and library all-reduce (notebook 07).
+"""All-reduce bandwidth of the naive, ring and library all-reduce (notebook 10).
 
 Run it with torchrun, which starts the ranks and sets RANK, WORLD_SIZE and LOCAL_RANK:
 
@@ -7,7 +7,7 @@ Run it with torchrun, which starts the ranks and sets RANK, WORLD_SIZE and LOCAL
 
 It uses NCCL (one GPU per rank) when CUDA is available and gloo on the CPU otherwise; the code is
 the same. Rank 0 prints a table (algbw and busbw as nccl-tests defines them) and writes
-07_allreduce_bandwidth.csv and .png into --out-dir (default: assets/).
+10_allreduce_bandwidth.csv and .png into --out-dir (default: assets/).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.distributed as dist  # noqa: E402
 from course_utils.collectives import ALL_REDUCE_ALGORITHMS, allreduce_bandwidth  # noqa: E402
 
 UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
-NAME = "07_allreduce_bandwidth"
+NAME = "10_allreduce_bandwidth"
 
 
 def parse_size(text: str) -> int:

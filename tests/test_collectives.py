@@ -1,4 +1,4 @@
-"""Tests of course_utils.collectives (generated from notebooks/07_collectives.ipynb).
+"""Tests of course_utils.collectives (generated from notebooks/10_collectives.ipynb).
 
 Every collective built from send/recv is compared with torch.distributed's own on 2, 3 and 4
 real processes (gloo), on awkward sizes and several dtypes; the ring all-reduce's byte count with
@@ -274,7 +274,7 @@ def test_allreduce_bandwidth_rows_and_the_script_in_ranks(tmp_path):
     spec.loader.exec_module(script)
     assert script.parse_size("4K") == 4096 and script.parse_size("1M") == 2 ** 20 and script.parse_size("64") == 64
     launch(lambda r, n: script.main(["--sizes", "4K,8K", "--reps", "1", "--no-png", "--out-dir", str(tmp_path)]), 3)
-    lines = (tmp_path / "07_allreduce_bandwidth.csv").read_text().splitlines()
+    lines = (tmp_path / "10_allreduce_bandwidth.csv").read_text().splitlines()
     assert lines[0].split(",") == ["backend", "world_size", "device", "algorithm", "bytes", "reps",
                                    "seconds", "algbw_GBps", "busbw_GBps"]
     assert len(lines) == 1 + 2 * len(C.ALL_REDUCE_ALGORITHMS)

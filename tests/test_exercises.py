@@ -22,8 +22,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_check_function_passes_and_counts_cases(capsys):
-    check_function("Exercise 9.1", lambda x: x * 2, [(torch.ones(2),), (torch.zeros(3),)], lambda x: 2 * x)
-    assert capsys.readouterr().out == "✓ Exercise 9.1  passed 2 cases\n"
+    check_function("Exercise 13.1", lambda x: x * 2, [(torch.ones(2),), (torch.zeros(3),)], lambda x: 2 * x)
+    assert capsys.readouterr().out == "✓ Exercise 13.1  passed 2 cases\n"
 
 
 @pytest.mark.parametrize("fn, match", [
@@ -35,7 +35,7 @@ def test_check_function_passes_and_counts_cases(capsys):
 ])
 def test_check_function_explains_mistakes(fn, match):
     with pytest.raises(ExerciseError, match=match):
-        check_function("Exercise 9.2", fn, [(torch.ones(2, 3),)], lambda x: 2 * x,
+        check_function("Exercise 13.2", fn, [(torch.ones(2, 3),)], lambda x: 2 * x,
                        hint="double it")
 
 
@@ -45,7 +45,7 @@ def test_learner_cannot_change_the_reference_inputs():
         return x
 
     with pytest.raises(ExerciseError, match="values are wrong"):
-        check_function("Exercise 9.3", in_place, [(torch.ones(3),)], lambda x: x.clone())
+        check_function("Exercise 13.3", in_place, [(torch.ones(3),)], lambda x: x.clone())
 
 
 def test_stub_raises_not_implemented_naming_the_exercise():
@@ -56,12 +56,12 @@ def test_stub_raises_not_implemented_naming_the_exercise():
 
 
 def test_check_answer_sets_and_numbers(capsys):
-    check_answer("Exercise 9.4", 0.5, 0.5)
-    assert "✓ Exercise 9.4  correct" in capsys.readouterr().out
+    check_answer("Exercise 13.4", 0.5, 0.5)
+    assert "✓ Exercise 13.4  correct" in capsys.readouterr().out
     with pytest.raises(ExerciseError, match=r"missing \['07'\]; should not contain \['05'\]"):
-        check_answer("Exercise 9.4", {"00", "01", "05"}, {"00", "01", "07"})
+        check_answer("Exercise 13.4", {"00", "01", "05"}, {"00", "01", "07"})
     with pytest.raises(ExerciseError, match="you have 3, expected 4"):
-        check_answer("Exercise 9.4", 3, 4)
+        check_answer("Exercise 13.4", 3, 4)
 
 
 def test_strip_solutions_keeps_indentation_and_names_the_exercise():
@@ -136,8 +136,8 @@ def test_learner_notebook_fails_only_at_exercise_cells(path, tmp_path):
 
 def test_tuples_of_tensors_are_compared_element_by_element():
     ref = lambda x: (2 * x, x.sum())  # noqa: E731
-    check_function("Exercise 9.5", ref, [(torch.ones(3),)], ref)
+    check_function("Exercise 13.5", ref, [(torch.ones(3),)], ref)
     with pytest.raises(ExerciseError, match=r"result 1: your result has shape \(3,\)"):
-        check_function("Exercise 9.5", lambda x: (2 * x, x), [(torch.ones(3),)], ref)
+        check_function("Exercise 13.5", lambda x: (2 * x, x), [(torch.ones(3),)], ref)
     with pytest.raises(ExerciseError, match="a tuple of 2 results was expected"):
-        check_function("Exercise 9.5", lambda x: 2 * x, [(torch.ones(3),)], ref)
+        check_function("Exercise 13.5", lambda x: 2 * x, [(torch.ones(3),)], ref)

@@ -1,4 +1,4 @@
-"""Tests of course_utils.flash_attention (generated from notebooks/06_flash_attention.ipynb), on a CPU.
+"""Tests of course_utils.flash_attention (generated from notebooks/07_flash_attention.ipynb), on a CPU.
 
 online_softmax and tiled_attention against torch.softmax and F.scaled_dot_product_attention in
 float64 (both loop orders, causal, ragged lengths), their HBM counts against closed forms written

@@ -562,7 +562,7 @@ print("backward after backward ok")
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_backward_before_launch_on_a_gpu_machine():
-    """The case that broke lessons 08-09 on GPU machines: backward in the notebook, then ranks
+    """The case that broke lessons 11-13 on GPU machines: backward in the notebook, then ranks
     that run backward (gloo on CPU and NCCL on GPUs), with the default start method."""
     import subprocess
 

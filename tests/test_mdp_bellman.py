@@ -1,4 +1,4 @@
-"""course_utils.mdp_bellman (generated from notebooks/10_mdp_bellman.ipynb): exact solvers against
+"""course_utils.mdp_bellman (generated from notebooks/14_mdp_bellman.ipynb): exact solvers against
 independent references (linear algebra, Python loops, Sutton & Barto's published tables),
 gradients, and every bad-input error."""
 import itertools

@@ -1,16 +1,20 @@
 """Hygiene of the committed notebooks: what a learner opens must be valid, executed in order,
 free of stray errors and machine paths, and small."""
+import base64
 import json
 import re
+import struct
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from course_utils import course
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SMALL_FONT = re.compile(r"\b(fontsize|labelsize|size)\s*=\s*([0-8](\.\d*)?)\b(?!\s*[*/+-])")
 MACHINE_PATH = re.compile(r"/(root|tmp|home/[^/\s]+|Users/[^/\s]+|work)/|\.venv/|site-packages|[A-Z]:\\\\Users")
 
 
@@ -67,3 +71,32 @@ class TestNotebook:
         src = "\n".join(c.source for c in code_cells(nbformat.read(path, as_version=4)))
         assert "plotting.use_style()" in src
         assert "!pip" not in src and "%pip" not in src
+
+    def test_no_library_versions_in_compared_outputs(self, path):
+        """A version printed into a compared output fails nbval on every other release."""
+        versions = {torch.__version__, torch.__version__.split("+")[0]}
+        for c in code_cells(nbformat.read(path, as_version=4)):
+            if c.source.lstrip().startswith("# NBVAL_IGNORE_OUTPUT"):
+                continue
+            text = json.dumps([o.get("text", "") for o in c.outputs] +
+                              [o.get("data", {}).get("text/plain", "") for o in c.outputs])
+            for v in versions:
+                assert v not in text, f"torch's version {v} in a compared output of:\n{c.source[:200]}"
+
+    def test_figures_are_readable(self, path):
+        """No strip of tiny panels: every figure at most 4.5 times as wide as it is high, at least
+        200 px high; no text under 9 pt in the notebook's own drawing code."""
+        for c in code_cells(nbformat.read(path, as_version=4)):
+            m = SMALL_FONT.search(c.source)
+            assert m is None, f"{m.group(0)!r}: text under 9 pt in:\n{c.source[:200]}"
+            for o in c.outputs:
+                png = o.get("data", {}).get("image/png")
+                if png:
+                    w, h = struct.unpack(">II", base64.b64decode(png)[16:24])
+                    assert h >= 200 and w <= 4.5 * h, f"a {w}x{h} px figure from:\n{c.source[:200]}"
+
+
+def test_library_figures_use_no_text_under_9pt():
+    for p in sorted((ROOT / "course_utils").glob("*.py")):
+        m = SMALL_FONT.search(p.read_text(encoding="utf-8"))
+        assert m is None, f"{p.name}: {m.group(0)!r} (text under 9 pt)"

@@ -1,4 +1,4 @@
-"""Tests of course_utils.pipeline (generated from notebooks/09_pipeline.ipynb).
+"""Tests of course_utils.pipeline (generated from notebooks/13_pipeline.ipynb).
 
 Every schedule generator is checked with the validator over a grid of (p, m, v); the simulator
 against the closed forms of GPipe, 1F1B (Narayanan et al. 2021), interleaved 1F1B (Megatron-LM),

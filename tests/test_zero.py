@@ -1,4 +1,4 @@
-"""Tests of course_utils.zero (generated from notebooks/08_zero.ipynb).
+"""Tests of course_utils.zero (generated from notebooks/11_zero.ipynb).
 
 Every stage (DDP, ZeRO-1, ZeRO-2, ZeRO-3) runs on 2, 3 and 4 real processes (gloo) with an
 awkward model (units of 81 and 6 parameters, so the flat buffers need padding) and is compared

@@ -4,15 +4,23 @@
     python tools/nbsource.py to-ipynb build/01.py notebooks/01_tensors_autograd.ipynb
 
 In the script, `# %%` starts a code cell and `# %% [markdown]` a markdown cell whose lines are
-written as `# text`. The format is the one jupytext calls "percent", so either tool reads the
-other's files. `to-ipynb` writes a notebook without outputs: run `make notebooks NB=...` next.
+written as `# text`; a cell's metadata (slide type, tags) follows the marker as one line of JSON,
+`# %% [markdown] {"slideshow": {"slide_type": "slide"}}`, so a round trip keeps it. The format is
+jupytext's "percent" (which writes metadata as key=value pairs instead). `to-ipynb` writes a
+notebook without outputs: run `make notebooks NB=...` next.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import nbformat
+
+
+def _meta(cell) -> str:
+    meta = {k: v for k, v in cell.metadata.items() if k not in ("execution", "collapsed", "scrolled")}
+    return " " + json.dumps(meta, ensure_ascii=False, sort_keys=True) if meta else ""
 
 
 def to_py(nb) -> str:
@@ -20,14 +28,14 @@ def to_py(nb) -> str:
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             body = "\n".join(("# " + ln) if ln else "#" for ln in cell.source.splitlines())
-            parts.append("# %% [markdown]\n" + body)
+            parts.append("# %% [markdown]" + _meta(cell) + "\n" + body)
         elif cell.cell_type == "code":
-            parts.append("# %%\n" + cell.source)
+            parts.append("# %%" + _meta(cell) + "\n" + cell.source)
     return "\n\n".join(parts) + "\n"
 
 
 def to_nb(text: str):
-    cells, kind, buf = [], None, []
+    cells, kind, meta, buf = [], None, {}, []
 
     def flush():
         if kind is None:
@@ -36,14 +44,16 @@ def to_nb(text: str):
         if kind == "markdown":
             src = "\n".join(ln[2:] if ln.startswith("# ") else ln.lstrip("#")
                             for ln in src.splitlines())
-            cells.append(nbformat.v4.new_markdown_cell(src))
+            cells.append(nbformat.v4.new_markdown_cell(src, metadata=meta))
         else:
-            cells.append(nbformat.v4.new_code_cell(src))
+            cells.append(nbformat.v4.new_code_cell(src, metadata=meta))
 
     for line in text.splitlines():
         if line.startswith("# %%"):
             flush()
-            kind, buf = ("markdown" if "[markdown]" in line else "code"), []
+            kind = "markdown" if line.startswith("# %% [markdown]") else "code"
+            rest = line[len("# %% [markdown]") if kind == "markdown" else len("# %%"):].strip()
+            meta, buf = (json.loads(rest) if rest.startswith("{") else {}), []
         else:
             buf.append(line)
     flush()
