@@ -4,31 +4,44 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 WORKERS    ?= 2
 LAB_FLAGS  ?=
+EXERCISES  ?= exercises
+# Where the CPU build of torch comes from on a Linux machine without an NVIDIA GPU (PyPI's torch
+# for Linux is the CUDA build: gigabytes that such a machine never uses).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # Jupyter refuses to run as root (common in containers) unless told it may.
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 NB         ?= notebooks/*.ipynb
+NEEDS_PY   := import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
 
-.PHONY: help venv lab test lib exercises notebooks clean
+.PHONY: help venv lab test lib exercises refresh-exercise notebooks clean
 
 help:
-	@echo "make lab        set up .venv if needed and open JupyterLab on notebooks/"
+	@echo "make lab        set up .venv if needed, write your copies to exercises/, open JupyterLab there"
 	@echo "make test       set up .venv if needed, then unit tests + nbval on every notebook"
+	@echo "make exercises  write the learner copies that are missing from exercises/ (never overwrites)"
+	@echo "make refresh-exercise NB=03   replace one learner copy, after asking (old one kept in exercises/.backup/)"
 	@echo "make lib        regenerate course_utils/<topic>.py from the notebooks' #@save cells"
-	@echo "make exercises  write learner versions (solutions replaced by stubs) to exercises/"
 	@echo "make notebooks  re-execute notebooks in place (NB=notebooks/01_*.ipynb for one)"
 
 $(PY):
+	@$(PYTHON) -c '$(NEEDS_PY)' 2>/dev/null || { echo "make: '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing); the course needs Python 3.10 or newer. Run again with PYTHON=python3.12 (or another 3.10+)."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install only when the dependency list changes; the stamp makes both commands quick afterwards.
+# A .venv made by an old Python fails here with a hint instead of the same error on every call.
 $(VENV)/.installed: pyproject.toml | $(PY)
+	@$(PY) -c '$(NEEDS_PY)' 2>/dev/null || { echo "make: $(VENV) was made by $$($(PY) --version 2>&1); the course needs Python 3.10 or newer. Run 'make clean', then 'make lab PYTHON=python3.12' (or another 3.10+)."; exit 1; }
+	@if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  echo "No NVIDIA GPU here: installing the CPU build of torch from $(TORCH_CPU_INDEX)"; \
+	  $(PY) -m pip install --quiet --timeout 30 --retries 1 torch --index-url $(TORCH_CPU_INDEX) || \
+	  echo "make: the CPU index did not answer; pip will take torch from PyPI instead"; fi
 	$(PY) -m pip install --quiet --editable .
 	@touch $@
 
 venv: $(VENV)/.installed
 
 lab: venv exercises
-	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb $(ROOT_FLAG) $(LAB_FLAGS)
+	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(EXERCISES)/00_start_here.ipynb $(ROOT_FLAG) $(LAB_FLAGS)
 
 # --dist loadfile keeps each notebook's cells on one worker (the default would split them).
 # One OpenMP thread per process: WORKERS kernels side by side on a small CPU otherwise
@@ -40,10 +53,15 @@ lib: venv
 	$(PY) tools/export_lib.py
 
 exercises: venv
-	$(PY) tools/make_exercises.py
+	$(PY) tools/make_exercises.py --out $(EXERCISES)
+
+refresh-exercise: venv
+	@[ "$(NB)" != "notebooks/*.ipynb" ] || { echo "make: say which lesson, e.g. make refresh-exercise NB=03"; exit 1; }
+	$(PY) tools/make_exercises.py --out $(EXERCISES) --refresh $(NB)
 
 notebooks: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) tools/run_notebooks.py $(NB)
 
+# Removes the environment and caches, never the learner's exercises/.
 clean:
-	rm -rf $(VENV) exercises .pytest_cache
+	rm -rf $(VENV) .pytest_cache

@@ -178,12 +178,19 @@ def draw_grid(ax, values, *, title: str | None = None, fmt: str = "{:g}", cmap: 
 
 
 def interact_figure(draw, **controls):
-    """Show ``draw(**defaults)`` as a static figure, then live controls that redraw it.
+    """Show ``draw(**defaults)`` as one figure, with live controls above it that redraw it in place.
 
     ``draw`` is a function of keyword arguments that draws one figure; ``controls`` maps each
     argument to an ipywidgets control (``IntSlider``, ``Dropdown``, ...), whose current value is
-    the default. The static figure is what a reader sees where widgets do not render (GitHub,
-    nbviewer, a PDF, CI); in a live kernel the controls below it redraw a second copy.
+    the default. The figure is an ordinary PNG output, so it is what a reader sees where widgets do
+    not render (GitHub, nbviewer, slides, CI); in a live kernel, moving a control replaces that same
+    output (an IPython display handle), so the learner sees one figure, never a second copy.
+
+    Why not ``ipywidgets.interactive``: its figure lives in an ``Output`` widget, which a live
+    JupyterLab shows below the static copy (two figures), and which makes nbclient answer every
+    output with a message on the kernel's shell socket while it is waiting on that same socket for
+    the cell's reply; a reply that arrives at that moment can go unnoticed until the cell timeout
+    (the "silent 120 s stall" of executing learner notebooks).
     """
     import ipywidgets  # noqa: PLC0415
     from IPython.display import display  # noqa: PLC0415
@@ -194,7 +201,24 @@ def interact_figure(draw, **controls):
         if not isinstance(c, ipywidgets.ValueWidget):
             raise TypeError(f"interact_figure: control {k!r} must be an ipywidgets control "
                             f"(IntSlider, Dropdown, ...), got {type(c).__name__}")
-    draw(**{k: c.value for k, c in controls.items()})
-    plt.show()
-    widget = ipywidgets.interactive(lambda **kw: (draw(**kw), plt.show()), **controls)
-    display(widget)  # returns nothing, so the widget is not shown twice as the cell's value
+
+    def render():
+        before = set(plt.get_fignums())
+        draw(**{k: c.value for k, c in controls.items()})
+        new = [n for n in plt.get_fignums() if n not in before]
+        fig = plt.figure(new[-1]) if new else plt.gcf()
+        for n in new:
+            plt.close(n)  # shown through the handle only, never again by the inline backend
+        return fig
+
+    display(ipywidgets.VBox(list(controls.values())))
+    handle = display(render(), display_id=True)
+
+    def redraw(_change):
+        fig = render()
+        if handle is not None:  # None outside IPython (plain Python, tests)
+            handle.update(fig)
+
+    for c in controls.values():
+        c.observe(redraw, names="value")
+    return None  # nothing for the cell to echo

@@ -1,5 +1,7 @@
 """The two set-up routes install the same things, and the README matches what CI runs."""
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,3 +56,30 @@ def test_makefile_targets_exist():
     for target in ("lab", "test", "lib", "exercises", "notebooks"):
         assert re.search(rf"^{target}:", mk, re.M), target
     assert "--dist loadfile" in mk  # nbval cells of one notebook must stay on one worker
+
+
+def _fake_old_python(folder):
+    """An executable that answers like Python 3.9 (what `make` checks), for the tests below."""
+    exe = folder / "python3.9"
+    exe.write_text('#!/bin/sh\ncase "$1" in --version) echo "Python 3.9.18";; *) exit 1;; esac\n')
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.skipif(shutil.which("make") is None or sys.platform.startswith("win"), reason="needs make")
+def test_make_refuses_an_old_python_with_a_hint(tmp_path):
+    old = _fake_old_python(tmp_path)
+    r = subprocess.run(["make", "--no-print-directory", "venv", f"PYTHON={old}", f"VENV={tmp_path}/v1"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "needs Python 3.10 or newer" in r.stdout + r.stderr, r.stdout + r.stderr
+    (tmp_path / "v2" / "bin").mkdir(parents=True)             # a .venv an old Python made earlier
+    (tmp_path / "v2" / "bin" / "python").symlink_to(old)
+    r = subprocess.run(["make", "--no-print-directory", "venv", f"VENV={tmp_path}/v2"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "make clean" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_make_takes_the_cpu_torch_where_there_is_no_nvidia_gpu():
+    mk = (ROOT / "Makefile").read_text()
+    assert "TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu" in mk
+    assert "command -v nvidia-smi" in mk and "--index-url $(TORCH_CPU_INDEX)" in mk

@@ -39,15 +39,45 @@ def test_draw_grid_shapes():
     plt.close(fig)
 
 
-def test_interact_figure_draws_the_static_view_first(monkeypatch):
+def test_interact_figure_draws_one_figure_and_redraws_it_in_place():
     import ipywidgets
 
     calls = []
-    monkeypatch.setattr(plt, "show", lambda: None)
-    plotting.interact_figure(lambda n: calls.append(n), n=ipywidgets.IntSlider(value=3, min=1, max=5))
-    assert calls[0] == 3
+
+    def draw(n):
+        calls.append(n)
+        plt.subplots()
+
+    slider = ipywidgets.IntSlider(value=3, min=1, max=5)
+    open_before = len(plt.get_fignums())
+    plotting.interact_figure(draw, n=slider)
+    assert calls == [3]
+    slider.value = 4            # what moving the slider does in a live kernel
+    assert calls == [3, 4]
+    assert len(plt.get_fignums()) == open_before, "interact_figure left figures open"
     with pytest.raises(TypeError, match="must be an ipywidgets control"):
         plotting.interact_figure(lambda n: None, n=(1, 5))
+
+
+def test_a_widget_cell_leaves_one_figure_and_no_output_widget(tmp_path):
+    """Executed as nbclient executes learner notebooks: the cell's output is one PNG (no second
+    copy), and nbclient gets no Output widget to mirror. Mirroring one makes nbclient send on the
+    kernel's shell socket while it polls that socket for the reply, which lost replies until the
+    cell timeout (the 120 s stall of test_exercises, issue 14)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import ipywidgets, matplotlib.pyplot as plt\n"
+        "from course_utils import plotting\n"
+        "plotting.use_style()\n"
+        "plotting.interact_figure(lambda k: plt.subplots(), k=ipywidgets.IntSlider(value=2))")])
+    client = NotebookClient(nb, timeout=60, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
+    outputs = nb.cells[0].outputs
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1, outputs
+    assert not any(type(c).__name__ == "OutputWidget" for c in client.comm_objects.values())
 
 
 def test_course_map_prerequisites():
