@@ -13,7 +13,7 @@ ROOT_FLAG  := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 NB         ?= notebooks/*.ipynb
 NEEDS_PY   := import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
 
-.PHONY: help venv lab test lib exercises refresh-exercise notebooks clean
+.PHONY: help venv lab test lib exercises refresh-exercise notebooks pacing clean
 
 help:
 	@echo "make lab        set up .venv if needed, write your copies to exercises/, open JupyterLab there"
@@ -22,6 +22,7 @@ help:
 	@echo "make refresh-exercise NB=03   replace one learner copy, after asking (old one kept in exercises/.backup/)"
 	@echo "make lib        regenerate course_utils/<topic>.py from the notebooks' #@save cells"
 	@echo "make notebooks  re-execute notebooks in place (NB=notebooks/01_*.ipynb for one)"
+	@echo "make pacing     recompute each lesson's time, core path and slide metadata"
 
 $(PY):
 	@$(PYTHON) -c '$(NEEDS_PY)' 2>/dev/null || { echo "make: '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing); the course needs Python 3.10 or newer. Run again with PYTHON=python3.12 (or another 3.10+)."; exit 1; }
@@ -61,6 +62,9 @@ refresh-exercise: venv
 
 notebooks: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) tools/run_notebooks.py $(NB)
+
+pacing: venv
+	$(PY) tools/pacing.py
 
 # Removes the environment and caches, never the learner's exercises/.
 clean:
