@@ -185,6 +185,45 @@ def test_log_sum_exp_scale_and_strides():
     assert_close(o.double(), sdpa64(q, k, v, True, 0.5), atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(not fa.INTERPRET, reason="counts the products through Triton's interpreter")
+def test_kernels_do_2_forward_and_7_backward_products(monkeypatch):
+    """The FLOP convention counts 5 backward products (2.5 × forward); our backward does 7 (the dQ
+    kernel recomputes S and dP). Measured: the FLOPs of every tl.dot the interpreter executes."""
+    import triton.runtime.interpreter as interp
+
+    flops = []
+    create_dot = interp.interpreter_builder.create_dot
+
+    def counting_dot(a, b, *args, **kwargs):
+        (m, k), n = a.data.shape, b.data.shape[1]
+        flops.append(2 * m * k * n)
+        return create_dot(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(interp.interpreter_builder, "create_dot", counting_dot)
+    B, H, T, d = 1, 2, 64, 16                    # T a multiple of every FIXED block: no padded tiles
+    q, k, v, do = (torch.randn(B, H, T, d).requires_grad_(i < 3) for i in range(4))
+    product = 2 * B * H * T * T * d              # one T×T×d matrix product
+    out = flash_attention(q, k, v)
+    assert sum(flops) == 2 * product             # S = QKᵀ and PV
+    flops.clear()
+    out.backward(do)
+    assert sum(flops) == 7 * product             # dK/dV: S, dV, dP, dK; dQ: S, dP, dQ
+    assert_close(q.grad.double(), torch.autograd.grad(sdpa64(q, k, v), q, do.double())[0].double(), atol=2e-5, rtol=0)
+
+
+def test_io_complexity_of_fa1_with_the_papers_blocks():
+    """Dao et al. (2022), Theorem 2: with B_c = ceil(M/4d), B_r = min(B_c, d), FlashAttention makes
+    Θ(N²d²/M) HBM accesses. Counted: the leading constant 4(3d + 4)/d (per key block, read Q, O, l, m
+    and write O, l, m; T_c = 4Nd/M key blocks), up to the O(Nd) terms."""
+    N, d = 256, 16
+    q, k, v = torch.randn(3, 1, 1, N, d, dtype=torch.float64)
+    for M in (64, 256, 1024):                     # d <= M <= Nd / 4
+        bc = -(-M // (4 * d))
+        counted = tiled_attention(q, k, v, block_q=min(bc, d), block_k=bc, order="fa1")[1]
+        leading = 4 * (3 * d + 4) / d * N**2 * d**2 / M
+        assert leading <= sum(counted.values()) <= leading + 3 * N * d + 2 * N
+
+
 def _qkv(shape=(1, 2, 8, 32), dtype=torch.float32):
     return [torch.randn(shape, dtype=dtype) for _ in range(3)]
 

@@ -4,6 +4,7 @@ F.scaled_dot_product_attention, forward and gradients, on random shapes includin
 Skipped without CUDA. On a GPU: pytest tests/test_flash_attention_gpu.py
 The reference is SDPA in float64; our error must be within a small multiple of the error SDPA makes
 itself in the same low precision (the criterion of the FlashAttention repository's tests).
+On a Hopper GPU, every tuned forward configuration must also compile to wgmma (the lesson's claim).
 """
 import math
 import random
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or triton_mode() !
                                 reason="needs a CUDA GPU and Triton (compiled kernels)")
 
 if torch.cuda.is_available():
-    from course_utils.flash_attention import flash_attention, flash_attention_forward
+    from course_utils.flash_attention import LOG2E, TUNING, _attn_fwd, flash_attention, flash_attention_forward
 
 FIXED_CASES = [  # (B, H, T, d, dtype, causal)
     (1, 1, 1, 64, torch.bfloat16, True),
@@ -86,3 +87,22 @@ def test_non_contiguous_inputs():
     q, k, v = (t.transpose(1, 2) for t in x)                                # (B, H, T, d) views
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
     torch.testing.assert_close(flash_attention(q, k, v, causal=True).double(), ref, atol=2e-2, rtol=0)
+
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+FWD_CONFIGS = [(d, cfg) for d in (64, 128) for cfg in TUNING["fwd"][d]] if HOPPER else []
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma is Hopper's instruction (compute capability 9.x)")
+@pytest.mark.parametrize("d, config", FWD_CONFIGS, ids=lambda x: str(x))
+def test_forward_kernel_compiles_to_wgmma_on_hopper(d, config):
+    """The lesson says Triton compiles tl.dot to Hopper's wgmma: every tuned forward config's PTX has it."""
+    bm, bn, warps, stages = config
+    T = 2 * bm
+    q, k, v = (torch.randn(1, 1, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    o, lse2 = torch.empty_like(q), torch.empty(1, 1, T, device="cuda")
+    compiled = _attn_fwd[(2, 1)](q, k, v, o, lse2, d ** -0.5 * LOG2E, T, HEAD_DIM=d, CAUSAL=False,
+                                 DOT_PRECISION="tf32", BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    assert "wgmma.mma_async" in compiled.asm["ptx"]
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(o.double(), ref, atol=2e-2, rtol=0)
