@@ -8,7 +8,8 @@ import torch
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] on the last dimension (halves of size d/2): the "rotate by 90°" of the
-    half-split RoPE layout of GPT-NeoX and Hugging Face, where dim i pairs with dim i + d/2."""
+    half-split (GPT-NeoX style) RoPE layout of Hugging Face's Llama/Mistral/Qwen code, where dim i
+    pairs with dim i + d/2."""
     if x.shape[-1] % 2:
         raise ValueError(f"rotate_half: the last dimension must be even, got shape {tuple(x.shape)}")
     x1, x2 = x.chunk(2, dim=-1)  # (..., d/2) each
@@ -23,6 +24,56 @@ _ROPE_CACHE: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDi
 _ROPE_CACHE_MAX_KEYS = 16  # a model uses one or two keys; the limit only guards against leaks
 
 
+def rope_frequencies(d: int, base: float = 10000.0) -> torch.Tensor:
+    """θ_i = base^(-2i/d), i = 0 .. d/2 - 1, float64 of shape (d/2,) (RoFormer §3.2.2, counting from 1)."""
+    _check_d_base("rope_frequencies", d, base)
+    return float(base) ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+
+
+def rope_cos_sin(d: int, length: int, *, base: float = 10000.0, device="cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(m·θ_i) and sin(m·θ_i) for m = 0 .. length-1, each (length, d/2), from a cache keyed by
+    (d, base, device, dtype) that grows to the next power of two >= length."""
+    _check_table_args(d, length, base)
+    key = (d, float(base), torch.device(device), dtype)
+    hit = _ROPE_CACHE.get(key)
+    if hit is None or hit[0].shape[0] < length:
+        rows = 1 << max(length - 1, 0).bit_length()                 # next power of two >= length
+        angles = torch.outer(torch.arange(rows, dtype=torch.float64), rope_frequencies(d, base))  # (rows, d/2)
+        hit = _ROPE_CACHE[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
+    _ROPE_CACHE.move_to_end(key)                                    # most recently used last ...
+    if len(_ROPE_CACHE) > _ROPE_CACHE_MAX_KEYS:
+        _ROPE_CACHE.popitem(last=False)                             # ... so the oldest goes first
+    return hit[0][:length], hit[1][:length]
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, *, base: float = 10000.0,
+               interleaved: bool = False) -> torch.Tensor:
+    """Rotate pair i of x at position m by the angle m·θ_i (RoFormer §3.2.2, element-wise as in §3.4.2).
+
+    x: (..., T, d), d even, e.g. (B, n_heads, T, head_dim): queries or keys, never values.
+    positions: integer (T,), e.g. torch.arange(100, 104) when decoding tokens 100..103; may be negative.
+    interleaved=False: GPT-NeoX style, pair i = dims (i, i + d/2) (rotate_half; HF Llama/Mistral/Qwen).
+    interleaved=True: GPT-J style, pair i = dims (2i, 2i + 1) (Meta's original Llama code).
+    Returns x's shape and dtype; float16/bfloat16 are computed in float32 and rounded once.
+    """
+    _check_rope_args(x, positions, base, interleaved)
+    if x.shape[-2] == 0:
+        return x.clone()
+    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    p = positions.long()
+    cos, sin = rope_cos_sin(x.shape[-1], int(p.abs().max()) + 1, base=base, device=x.device, dtype=work)
+    cos, sin = cos[p.abs()], sin[p.abs()] * p.sign().unsqueeze(-1).to(work)   # (T, d/2); sin(-a) = -sin(a)
+    xw = x.to(work)
+    if interleaved:
+        x1, x2 = xw[..., 0::2], xw[..., 1::2]                      # (..., T, d/2): both members of each pair
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (..., T, d/2, 2) -> (..., T, d)
+    else:
+        out = xw * torch.cat((cos, cos), -1) + rotate_half(xw) * torch.cat((sin, sin), -1)  # (..., T, d)
+    return out.to(x.dtype)
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
 def _check_d_base(fn: str, d, base) -> None:
     if isinstance(d, bool) or not isinstance(d, int) or d <= 0 or d % 2:
         raise ValueError(f"{fn}: the head dimension d must be an even integer > 0 "
@@ -33,49 +84,10 @@ def _check_d_base(fn: str, d, base) -> None:
         raise ValueError(f"{fn}: base must be a finite number > 1, got {base!r}")
 
 
-def rope_frequencies(d: int, base: float = 10000.0) -> torch.Tensor:
-    """θ_i = base^(-2i/d) for i = 0 .. d/2 - 1, float64, shape (d/2,).
-
-    RoFormer (Su et al., 2021), §3.2.2: Θ = {θ_i = 10000^(-2(i-1)/d), i = 1..d/2} (counted from 1 there).
-    """
-    _check_d_base("rope_frequencies", d, base)
-    return float(base) ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-
-def rope_cos_sin(d: int, length: int, *, base: float = 10000.0, device="cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos(m·θ_i) and sin(m·θ_i) for m = 0 .. length-1, each of shape (length, d/2), from the cache.
-
-    The cache is keyed by (d, base, device, dtype) and grows to the next power of two >= length
-    when a longer table is asked for. Angles are computed in float64 on the CPU, then stored on
-    `device` in `dtype`.
-    """
+def _check_table_args(d, length, base) -> None:
     _check_d_base("rope_cos_sin", d, base)
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"rope_cos_sin: length must be an integer >= 0, got {length!r}")
-    key = (d, float(base), torch.device(device), dtype)
-    hit = _ROPE_CACHE.get(key)
-    if hit is None or hit[0].shape[0] < length:
-        size = 1 << max(length - 1, 0).bit_length()           # next power of two >= length
-        angles = torch.outer(torch.arange(size, dtype=torch.float64), rope_frequencies(d, base))  # (size, d/2)
-        hit = (angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype))
-        _ROPE_CACHE[key] = hit
-    _ROPE_CACHE.move_to_end(key)
-    while len(_ROPE_CACHE) > _ROPE_CACHE_MAX_KEYS:
-        _ROPE_CACHE.popitem(last=False)                       # drop the least recently used table
-    return hit[0][:length], hit[1][:length]
-
-
-def rope_cache_info() -> list[tuple]:
-    """The cached tables as (d, base, device, dtype, rows), oldest first."""
-    return [(d, b, str(dev), str(dt).replace("torch.", ""), cos.shape[0])
-            for (d, b, dev, dt), (cos, _) in _ROPE_CACHE.items()]
-
-
-def clear_rope_cache() -> None:
-    """Empty the cos/sin cache (tests and notebooks use it to start from a known state)."""
-    _ROPE_CACHE.clear()
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _check_rope_args(x, positions, base, interleaved) -> None:
@@ -107,35 +119,13 @@ def _check_rope_args(x, positions, base, interleaved) -> None:
         raise TypeError(f"apply_rope: interleaved must be True or False, got {interleaved!r}")
     _check_d_base("apply_rope", d, base)
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, *, base: float = 10000.0,
-               interleaved: bool = False) -> torch.Tensor:
-    """Rotary position embedding: rotate pair i of x at position m by the angle m·θ_i.
 
-    RoFormer (Su et al., 2021), §3.2.2 (x' = R^d_{Θ,m} x) in the element-wise form of §3.4.2, with
-    θ_i = base^(-2i/d). Apply it to queries and keys after the head projection, never to values.
+def rope_cache_info() -> list[tuple]:
+    """The cached tables as (d, base, device, dtype, rows), oldest first."""
+    return [(d, b, str(dev), str(dt).replace("torch.", ""), cos.shape[0])
+            for (d, b, dev, dt), (cos, _) in _ROPE_CACHE.items()]
 
-    x: (..., T, d) floating tensor, d even (for attention, (B, n_heads, T, head_dim)).
-    positions: integer tensor of shape (T,): the position of each row, e.g. torch.arange(100, 104)
-        when decoding tokens 100..103 with a KV cache. Negative positions are allowed.
-    interleaved=False: pair i = dims (i, i + d/2), the rotate_half layout (GPT-NeoX, Hugging Face).
-    interleaved=True: pair i = dims (2i, 2i + 1), the layout of RoFormer and Meta's complex Llama code.
-    Returns a tensor of the shape and dtype of x; float16/bfloat16 are computed in float32.
-    """
-    _check_rope_args(x, positions, base, interleaved)
-    d = x.shape[-1]
-    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    if x.shape[-2] == 0:
-        return x.clone()
-    p = positions.long()
-    length = int(p.abs().max()) + 1                            # one host sync per call
-    cos, sin = rope_cos_sin(d, length, base=base, device=x.device, dtype=work)
-    cos = cos[p.abs()]                                         # (T, d/2)
-    sin = sin[p.abs()] * p.sign().unsqueeze(-1).to(work)       # (T, d/2); sin(-a) = -sin(a)
-    xw = x.to(work)
-    if interleaved:
-        x1, x2 = xw[..., 0::2], xw[..., 1::2]                  # (..., T, d/2): both members of each pair
-        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (..., T, d/2, 2)
-        out = out.flatten(-2)                                  # (..., T, d)
-    else:
-        out = xw * torch.cat((cos, cos), -1) + rotate_half(xw) * torch.cat((sin, sin), -1)
-    return out.to(x.dtype)
+
+def clear_rope_cache() -> None:
+    """Empty the cos/sin cache (tests and notebooks use it to start from a known state)."""
+    _ROPE_CACHE.clear()

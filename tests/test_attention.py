@@ -252,6 +252,29 @@ def test_mla_paths_can_share_one_cache():
     assert_close(torch.cat(outs, 1), m(x))
 
 
+def _attention_flops(m, x, cache, absorb):
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        m(x, cache=cache, absorb=absorb)
+    return counter.get_total_flops()
+
+
+def test_absorption_saves_flops_in_decode_and_costs_flops_in_prefill():
+    """Notebook 04 §8: decoding one token, the absorbed path never rebuilds k_C, v_C from the cached
+    latents; over a whole prompt its d_c-wide heads cost more than the naive d_h-wide ones."""
+    m = _mla(seed=10, d_h=8, d_c=32, d_rope=4)          # d_c > d_h, as in DeepSeek-V3 (512 vs 128)
+    x = torch.randn(1, 40, 40, dtype=torch.float64)
+    decode, prefill = {}, {}
+    for absorb in (False, True):
+        cache = m.new_cache()
+        m(x[:, :39], cache=cache, absorb=absorb)
+        decode[absorb] = _attention_flops(m, x[:, 39:], cache, absorb)
+        prefill[absorb] = _attention_flops(m, x, None, absorb)
+    nh, dh, dc = m.n_heads, m.d_h, m.d_c
+    assert decode[False] - decode[True] == nh * (4 * 40 * dc * dh - 4 * dh * dc - 2 * 40 * 2 * (dc - dh))
+    assert decode[True] < decode[False] and prefill[True] > prefill[False]
+
+
 def test_mla_float32():
     m = _mla(seed=7).float()
     x = torch.randn(2, 5, 40)
@@ -264,6 +287,10 @@ def test_kv_cache_bytes_per_token_published_configs():
     assert kv_cache_bytes_per_token("gqa", n_layers=32, n_kv_heads=8, head_dim=128) == 128 * 1024  # Llama-3-8B
     assert kv_cache_bytes_per_token("gqa", n_layers=80, n_kv_heads=8, head_dim=128) == 320 * 1024  # Llama-3-70B
     assert kv_cache_bytes_per_token("mla", n_layers=61, d_c=512, d_rope=64) == 70272              # DeepSeek-V3
+    # DeepSeek-V2 Table 1: MHA caches 2·n_h·d_h·l elements, MLA (d_c + d_R)·l; for V3's sizes 32768 / 576
+    ratio = (kv_cache_bytes_per_token("mha", n_layers=61, n_heads=128, head_dim=128)
+             / kv_cache_bytes_per_token("mla", n_layers=61, d_c=512, d_rope=64))
+    assert abs(ratio - 32768 / 576) < 1e-12 and round(ratio) == 57
     assert kv_cache_bytes_per_token("mqa", n_layers=10, head_dim=64, bytes_per_element=4) == 2 * 10 * 64 * 4
     assert (kv_cache_bytes_per_token("gqa", n_layers=3, n_kv_heads=4, head_dim=8)
             == kv_cache_bytes_per_token("mha", n_layers=3, n_heads=4, head_dim=8))
@@ -291,6 +318,8 @@ def test_tp_head_split(n_heads, n_kv, tp, kv_per_rank):
     for q, kvh in split:
         assert len(q) == n_heads // tp and len(kvh) == kv_per_rank
         assert {h // n_rep for h in q} == set(kvh)
+        rep = len(q) // len(kvh)                                     # a rank's local repeat_kv factor
+        assert [kvh[i // rep] for i in range(len(q))] == [h // n_rep for h in q]   # local mapping = global one
     copies = sum(len(kvh) for _, kvh in split)
     assert copies == max(n_kv, tp)                                   # replicated once tp > n_kv
 

@@ -134,6 +134,31 @@ def test_gradients(interleaved):
     assert_close(gx, reference_rope(g, -pos, interleaved=interleaved))
 
 
+def _gptj_rotate_every_two(x):
+    """GPT-J's helper (Hugging Face modeling_gptj.py): pair (2i, 2i+1) -> (-x_{2i+1}, x_{2i})."""
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def _neox_rotate_half(x):
+    """GPT-NeoX's / Hugging Face Llama's rotate_half: [x1, x2] -> [-x2, x1]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def test_layouts_are_gptj_and_neox_style():
+    """interleaved=True is GPT-J style (cos/sin repeated per pair, rotate_every_two); the default,
+    interleaved=False, is GPT-NeoX style (cos/sin concatenated, rotate_half), as the docstring says."""
+    torch.manual_seed(11)
+    x = torch.randn(2, 3, 7, 32, dtype=torch.float64)
+    pos = torch.arange(40, 47)
+    ang = torch.outer(pos.to(torch.float64), rope_frequencies(32))                       # (T, d/2)
+    gptj = x * ang.cos().repeat_interleave(2, -1) + _gptj_rotate_every_two(x) * ang.sin().repeat_interleave(2, -1)
+    neox = x * torch.cat((ang.cos(), ang.cos()), -1) + _neox_rotate_half(x) * torch.cat((ang.sin(), ang.sin()), -1)
+    assert_close(apply_rope(x, pos, interleaved=True), gptj)
+    assert_close(apply_rope(x, pos), neox)
+    assert "GPT-J" in apply_rope.__doc__ and "GPT-NeoX" in apply_rope.__doc__
+
+
 def test_gradients_bfloat16_flow():
     x = torch.randn(1, 4, 3, 16, dtype=torch.bfloat16, requires_grad=True)
     apply_rope(x, torch.arange(3)).float().sum().backward()
