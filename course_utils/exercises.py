@@ -15,10 +15,18 @@ between nbgrader-style markers, then calls a checker::
 ``exercises/`` with every solution block replaced by :func:`stub_line`, which raises
 ``NotImplementedError`` naming the exercise. The checkers compare the learner's answer with an
 independent reference and say in words what is wrong: the shape, the dtype, or the worst value.
+
+What a learner sees when an answer is wrong: in Jupyter, only the checker's message (an
+:class:`ExerciseError` renders itself without the checker's traceback); when the learner's own
+function raised, the message, the hint, the case's arguments and the traceback of the learner's
+code, with the course's frames left out. Outside IPython (pytest, a script) the exception is an
+ordinary ``AssertionError`` with an ordinary traceback, the checker's frames hidden from pytest.
 """
 from __future__ import annotations
 
+import numbers
 import re
+import traceback
 
 import torch
 
@@ -32,13 +40,63 @@ TITLE_RE = re.compile(r"^#\s*(Exercise\s+\d+\.\d+)\b")
 
 
 class ExerciseError(AssertionError):
-    """A learner's answer is wrong; the message says how."""
+    """A learner's answer is wrong; the message says how.
+
+    IPython (Jupyter) shows an exception with a ``_render_traceback_`` method as the lines that it
+    returns: here the message, and the traceback of the learner's code when that raised, instead
+    of twenty lines of checker internals above a one-line message."""
+
+    def __init__(self, message: str, learner_traceback: str = ""):
+        super().__init__(message)
+        self.learner_traceback = learner_traceback
+
+    def _render_traceback_(self) -> list[str]:
+        return str(self).splitlines() + self.learner_traceback.splitlines()
 
 
 def stub_line(name: str) -> str:
     """The line that replaces a solution block in the learner's notebook."""
     return (f'raise NotImplementedError("{name}: your code goes here — replace this line with '
             f'your solution, then run the cell again")')
+
+
+def _is_course_frame(frame) -> bool:
+    return (frame.f_globals.get("__name__", "").partition(".")[0] == "course_utils"
+            or bool(frame.f_locals.get("__tracebackhide__")))
+
+
+def _frame_title(filename: str, lineno: int, name: str) -> str:
+    """As IPython names a notebook cell ("Cell In[3], line 4"), else as Python names a file."""
+    try:
+        from IPython import get_ipython  # noqa: PLC0415
+
+        cell = get_ipython().compile._filename_map[filename]
+        return f"  Cell In[{cell}], line {lineno}, in {name}"
+    except Exception:  # noqa: BLE001 - not in IPython, or not a cell
+        return f'  File "{filename}", line {lineno}, in {name}'
+
+
+def _learner_traceback(exc: BaseException) -> str:
+    """The frames of ``exc``'s traceback that are the learner's (or torch's), not the course's."""
+    try:
+        kept = [traceback.FrameSummary(f.f_code.co_filename, lineno, f.f_code.co_name)
+                for f, lineno in traceback.walk_tb(exc.__traceback__) if not _is_course_frame(f)]
+    except Exception:  # noqa: BLE001 - the message alone must still reach the learner
+        return ""
+    if not kept:
+        return ""
+    lines = ["Traceback of your code (most recent call last):"]
+    for fs in kept:
+        lines.append(_frame_title(fs.filename, fs.lineno, fs.name))
+        if fs.line:
+            lines.append(f"    {fs.line}")
+    lines += [ln.rstrip("\n") for ln in traceback.format_exception_only(type(exc), exc)]
+    return "\n".join(lines)
+
+
+def _is_stub(exc: BaseException) -> bool:
+    """The NotImplementedError of an unfinished exercise (see stub_line)."""
+    return isinstance(exc, NotImplementedError) and "your code goes here" in str(exc)
 
 
 def _describe(x) -> str:
@@ -58,6 +116,7 @@ def _clone(x):
 
 
 def _compare(name: str, got, want, where: str, atol: float, rtol: float, hint: str | None):
+    __tracebackhide__ = True  # noqa: F841 - pytest and IPython leave this frame out
     tail = f"\n  Hint: {hint}" if hint else ""
     lead = f"✗ {name}: " + (f"{where} " if where else "")
     if isinstance(want, torch.Tensor):
@@ -110,15 +169,23 @@ def _compare(name: str, got, want, where: str, atol: float, rtol: float, hint: s
 
 
 def check_function(name: str, fn, cases, reference, *, atol: float = 1e-5, rtol: float = 0.0,
-                   hint: str | None = None) -> None:
+                   hint: str | None = None, describe=None) -> None:
     """Call the learner's ``fn(*case)`` for each case and compare with ``reference(*case)``.
 
     ``cases`` is a list of argument tuples (each gets fresh copies, so in-place edits by ``fn``
     cannot change the reference); results may be tensors, numbers or anything comparable with
     ``==``. Prints one ``✓`` line when every case passes.
+
+    A message about a case shows its arguments. Where ``fn`` wraps the learner's function (say
+    ``lambda n: simulate(n, learner_fn)``), pass ``describe``, a function of the case's arguments
+    that returns the text to show instead, such as ``describe=lambda n: f"n = {n} ranks"``.
     """
+    __tracebackhide__ = True  # noqa: F841 - pytest and IPython leave this frame out
     if not callable(fn) or not callable(reference):
         raise TypeError(f"{name}: fn and reference must be callables")
+    if describe is not None and not callable(describe):
+        raise TypeError(f"{name}: describe must be a function of a case's arguments that returns "
+                        f"a string, got {type(describe).__name__}")
     cases = list(cases)
     if not cases:
         raise ValueError(f"{name}: check_function needs at least one case")
@@ -126,21 +193,51 @@ def check_function(name: str, fn, cases, reference, *, atol: float = 1e-5, rtol:
         if not isinstance(args, tuple):
             raise TypeError(f"{name}: each case must be a tuple of arguments, case {k} is "
                             f"{type(args).__name__}")
-        where = f"for case {k + 1} (" + ", ".join(_describe(a) for a in args) + "):"
+        shown = str(describe(*args)) if describe else ", ".join(_describe(a) for a in args)
+        where = f"for case {k + 1} ({shown}):"
         try:
             got = fn(*_clone(args))
-        except NotImplementedError:
-            raise  # the stub's own message names the exercise
         except Exception as e:  # noqa: BLE001 - turned into a learner-facing message
+            if _is_stub(e):
+                raise  # the stub's own one-line message names the exercise
+            tail = f"\n  Hint: {hint}" if hint else ""
             raise ExerciseError(f"✗ {name}: {where} your function raised "
-                                f"{type(e).__name__}: {e}") from e
+                                f"{type(e).__name__}: {e}{tail}", _learner_traceback(e)) from e
         _compare(name, got, reference(*_clone(args)), where, atol, rtol, hint)
     print(f"✓ {name}  passed {len(cases)} case{'s' if len(cases) > 1 else ''}")
+
+
+def _inexact(got, want) -> str | None:
+    """Why ``got`` cannot stand for the exact ``want`` (an int or a Fraction), or None.
+    A float may compare equal to the answer and still be rounded (0.1 + 0.2); bool is no int."""
+    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)) and len(got) == len(want):
+        return next((p for p in map(_inexact, got, want) if p), None)
+    if isinstance(want, bool) or not isinstance(want, numbers.Rational):
+        return None
+    kind, how = (("integer", "an int (integer arithmetic: //, %, math.ceil, math.comb)")
+                 if isinstance(want, numbers.Integral) else
+                 ("Fraction", "a fractions.Fraction (Fraction(1, 3), not 1 / 3), which keeps every digit"))
+    if isinstance(got, bool):
+        what = f"the bool {got!r}"
+    elif isinstance(got, numbers.Real) and not isinstance(got, numbers.Rational):
+        what = f"the float {float(got)!r}"
+    elif isinstance(got, torch.Tensor) and (got.is_floating_point() or got.is_complex()):
+        what = f"a {got.dtype} tensor"
+    else:
+        return None
+    return f"expected an exact {kind}, got {what} — give it as {how}"
 
 
 def check_answer(name: str, got, expected, *, atol: float = 1e-6, rtol: float = 0.0,
                  hint: str | None = None) -> None:
     """Compare a value the learner computed (a number, a tensor, a set, ...) with the expected
-    one, computed independently in the checker cell. Prints one ``✓`` line."""
+    one, computed independently in the checker cell. Prints one ``✓`` line.
+
+    An exact answer (an int or a ``fractions.Fraction``) must be given exactly: a float is
+    refused even where it compares equal."""
+    __tracebackhide__ = True  # noqa: F841 - pytest and IPython leave this frame out
+    problem = _inexact(got, expected)
+    if problem:
+        raise ExerciseError(f"✗ {name}: {problem}." + (f"\n  Hint: {hint}" if hint else ""))
     _compare(name, got, expected, "", atol, rtol, hint)
     print(f"✓ {name}  correct")

@@ -26,9 +26,19 @@ What it guarantees, and why each piece is here:
   (interleaved output from processes would not be). A rank's stderr (Python warnings, which carry
   file paths) and low-level output (C++ warnings) are kept for the error report of a failed rank.
 * **Errors surface fast**: a rank that raises is reported within a fraction of a second as one
-  :class:`RankError` naming the rank, with its traceback; the other ranks are stopped.
-* **Nothing hangs**: after ``timeout`` seconds the ranks still running are killed and a
-  ``TimeoutError`` names them. The same timeout bounds every collective inside the group.
+  :class:`RankError` naming the rank, with its traceback; the other ranks are stopped. When every
+  rank failed with the same error, the report says so instead of blaming one of them.
+* **Tracebacks show the notebook's lines**: a function sent by value keeps the name of the cell
+  it was defined in (cloudpickle 3.1.3 and later replace it by ``<dynamic-code>``; see
+  :func:`_code_reduce`), and the cells' source travels with it, so a rank's traceback shows the
+  failing line as a forked rank's does.
+* **Nothing hangs**: start-up (starting the processes, rebuilding the function in them and joining
+  the process group; a few seconds on a busy machine) has its own bound of ``max(60, timeout)``
+  seconds, after which a ``TimeoutError`` names the ranks that did not connect. ``timeout``
+  counts from the moment every rank has joined the group: after it the ranks still running are
+  killed and a ``TimeoutError`` names them (with a hint when some ranks had already returned: the
+  ranks then made different calls, or sent tensors of different sizes). Collectives inside the
+  group time out only after that, so the report always comes from the launcher.
 * **No process outlives the call**: ranks are reaped in a ``finally`` block. Should the notebook's
   kernel itself be killed, a forked rank dies with it (Linux ``PR_SET_PDEATHSIG``), and a
   fork-server or spawned rank exits as soon as multiprocessing's pipe from the kernel closes.
@@ -47,6 +57,7 @@ a variable read at import time, such as ``TRITON_INTERPRET``, must be set before
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import importlib
@@ -65,6 +76,7 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 import warnings
 
 import torch
@@ -73,6 +85,9 @@ import torch.distributed as dist
 __all__ = ["run_distributed", "RankError", "default_start_method"]
 
 _HOST = "127.0.0.1"
+# Start-up (processes started, the function rebuilt in them, the group joined) gets
+# max(_STARTUP_MIN_S, timeout) seconds of its own; `timeout` counts from when every rank connected.
+_STARTUP_MIN_S = 60.0
 # What the fork server imports once, so that each rank it forks starts with them already loaded
 # (symbolic_shapes: autograd imports it, slowly, on the first backward with an explicit gradient;
 # cloudpickle: rebuilding the rank function needs it).
@@ -174,8 +189,9 @@ def _unpack(rng: dict, sources: dict, blob: bytes):
 
 
 def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, logdir, go, job, q,
-               shipped=False):
-    """One rank. ``job`` is ``(fn, args)`` after a fork, or ``(env, rng, sources, blob)`` sent by value."""
+               shipped=False, startup=None):
+    """One rank. ``job`` is ``(fn, args)`` after a fork, or ``(env, rng, sources, blob)`` sent by value.
+    It reports ``"connected"`` once it has joined the group, then ``"ok"`` or ``"error"``."""
     _die_with_parent()
     if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl
         os._exit(1)
@@ -197,12 +213,16 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, lo
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks share this host
     elif sys.platform == "darwin":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0")
-    td = datetime.timedelta(seconds=timeout)
+    startup = timeout if startup is None else startup
+    # The parent stops this rank at the latest `startup + timeout` s after launch; the group's own
+    # timeouts (store, connecting, every collective) are longer than that, so a stuck collective is
+    # reported by the parent (which names every stuck rank), not as an error of one rank.
+    td = datetime.timedelta(seconds=startup + timeout + 5)
     try:
         # Wait until every rank has been forked before anyone connects to the store: a fork taken
         # while the parent's store thread serves a connection (inside getnameinfo, holding glibc's
         # resolver lock) gives the child that lock held forever, and the child hangs.
-        if not go.wait(timeout):
+        if not go.wait(startup):
             raise TimeoutError(f"rank {rank} was never told to start")
         fn, args = _unpack(*job[1:]) if shipped else job
         if backend == "nccl":
@@ -210,6 +230,7 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, lo
         store = dist.TCPStore(_HOST, port, None, False, timeout=td,
                               use_libuv=not sys.platform.startswith("win"))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=td)
+        q.put((rank, "connected", None))  # the run's timeout starts when every rank has sent this
         result = fn(rank, world_size, *args)
         buf = io.BytesIO()
         try:
@@ -240,6 +261,51 @@ def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, lo
             pass
 
 
+def _code_reduce(code):
+    """Reduce a code object as cloudpickle does, but keep its file name.
+
+    cloudpickle 3.1.3 and later write ``<dynamic-code>`` in place of ``co_filename`` (their
+    ``_code_reduce``: it makes the bytes independent of where a function was defined), so a
+    rank's traceback could no longer find the notebook cell's lines. cloudpickle's own reducer
+    still does the work (its arguments follow the running Python's ``CodeType``); the original
+    name is put back in the rank by :func:`_code_with_filename`. Nested code objects (a closure, a
+    lambda or a comprehension inside the function; on Python 3.11 and earlier, comprehensions are
+    code objects in ``co_consts``) go through here too, because pickling ``co_consts`` calls
+    the pickler again."""
+    import cloudpickle  # noqa: PLC0415 - _pack checked that it is installed
+
+    make, args = cloudpickle.Pickler.dispatch_table[types.CodeType](code)
+    return _code_with_filename, (make, args, code.co_filename)
+
+
+def _code_with_filename(make, args, filename: str):
+    """Rebuild, in the rank, a code object that :func:`_code_reduce` took apart."""
+    code = make(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+_PICKLERS: dict = {}
+
+
+def _pickler(cloudpickle):
+    """A ``cloudpickle.Pickler`` whose code objects keep their ``co_filename`` (cloudpickle 2.1 to
+    3.x all keep their reducers in the class attribute ``dispatch_table``, a ChainMap that the
+    C pickler consults for types that ``reducer_override`` leaves alone, code objects among them)."""
+    base = cloudpickle.Pickler
+    if base not in _PICKLERS:
+        table = base.dispatch_table
+        if types.CodeType in table:  # where this cloudpickle reduces code objects itself
+            table = collections.ChainMap({types.CodeType: _code_reduce}, table)
+        _PICKLERS[base] = type("KeepFilenamePickler", (base,), {"dispatch_table": table})
+    return _PICKLERS[base]
+
+
+def _dumps(obj, cloudpickle) -> bytes:
+    buf = io.BytesIO()
+    _pickler(cloudpickle)(buf).dump(obj)
+    return buf.getvalue()
+
+
 def _pack(fn, args, method: str) -> tuple:
     """What a fresh rank needs to act like a forked one: the environment, the random state,
     notebook cells' source (for tracebacks), and fn with its arguments pickled by value."""
@@ -250,7 +316,7 @@ def _pack(fn, args, method: str) -> tuple:
                           f"new processes with cloudpickle, which is not installed here. Install "
                           f"it with: pip install cloudpickle") from e
     try:
-        blob = cloudpickle.dumps((fn, args))
+        blob = _dumps((fn, args), cloudpickle)
     except Exception as e:  # noqa: BLE001 - name the culprit, whatever pickling raised
         raise TypeError(_unpicklable_text(fn, args, method, e, cloudpickle)) from e
     numpy = sys.modules.get("numpy")
@@ -346,7 +412,8 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` real processes; return their results.
 
     ``backend`` is ``"gloo"`` (CPU tensors) or ``"nccl"`` (one CUDA GPU per rank). ``timeout`` (s)
-    bounds the whole call and every collective in it. With ``echo`` each rank's printed output is
+    bounds the run from the moment every rank has joined the process group; start-up before that
+    has its own bound of ``max(60, timeout)`` s. With ``echo`` each rank's printed output is
     shown after the run, in rank order. Results travel back through ``torch.save``, so return
     tensors, numbers, strings or containers of them.
     """
@@ -383,7 +450,8 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
         # autograd imports this lazily (and slowly: sympy) on the first backward with an explicit
         # gradient; importing it once here saves every forked rank from paying for it again.
         importlib.import_module("torch.fx.experimental.symbolic_shapes")
-    td = datetime.timedelta(seconds=timeout)
+    startup = max(_STARTUP_MIN_S, timeout)
+    td = datetime.timedelta(seconds=startup + timeout + 5)  # see _rank_main: the parent acts first
     store = dist.TCPStore(_HOST, 0, None, True, timeout=td, wait_for_workers=False,
                           use_libuv=not sys.platform.startswith("win"))
     ctx = mp.get_context(method)
@@ -394,7 +462,7 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
     parent = os.getpid() if method == "fork" else None  # fresh ranks watch a pipe instead
     procs = [ctx.Process(target=_rank_main, name=f"rank{r}", daemon=True,
                          args=(r, world_size, backend, store.port, timeout, threads_per_rank,
-                               parent, logdir, go, job, q, shipped))
+                               parent, logdir, go, job, q, shipped, startup))
              for r in range(world_size)]
     results: dict[int, bytes] = {}
     try:
@@ -405,7 +473,9 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             for p in procs:
                 p.start()
         go.set()  # every rank exists now: they may connect to the store (see _rank_main)
-        deadline = time.monotonic() + timeout
+        startup_end = time.monotonic() + startup
+        deadline = None                # startup_end until every rank has connected, then this
+        connected: set[int] = set()    # ranks that have joined the process group
         failures: dict[int, str] = {}  # rank -> traceback, or how the process died
         died: set[int] = set()         # ranks that exited without reporting
         grace_end = None
@@ -413,7 +483,10 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             now = time.monotonic()
             if grace_end is not None and now >= grace_end:
                 break
-            if grace_end is None and now >= deadline:
+            if grace_end is None and deadline is None and now >= startup_end:
+                late = [r for r in range(world_size) if r not in connected]
+                raise TimeoutError(_startup_text(late, startup, logdir))
+            if grace_end is None and deadline is not None and now >= deadline:
                 pending = [r for r in range(world_size) if r not in results]
                 raise TimeoutError(_timeout_text(pending, results, timeout, logdir))
             try:
@@ -431,7 +504,11 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                         grace_end = grace_end or time.monotonic() + 1.0
                 else:
                     continue
-            if status == "error":
+            if status == "connected":
+                connected.add(rank)
+                if len(connected) == world_size:  # the run starts now
+                    deadline = time.monotonic() + timeout
+            elif status == "error":
                 failures[rank] = payload
                 # Peers of a failed rank fail soon after ("connection reset"); wait a moment so
                 # the report blames the rank that failed first, not one that saw the fallout.
@@ -439,15 +516,7 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
             else:
                 results[rank] = payload
         if failures:
-            first = min(died) if died else next(iter(failures))
-            detail = failures[first] + _hint(failures[first])
-            others = [r for r in failures if r != first]
-            if others:
-                lines = [failures[r].strip().splitlines()[-1] for r in others]
-                detail += ("\n--- other ranks failed after it, probably as a consequence ---\n" +
-                           "\n".join(f"rank {r}: {line}" for r, line in zip(others, lines)))
-            output = "".join(_read(logdir, first, k) for k in ("out", "err", "low"))
-            raise RankError(first, world_size, detail, output) from None
+            raise _rank_error(failures, died, results, world_size, logdir) from None
         outputs = {r: _read(logdir, r, "out") for r in range(world_size)}
     finally:
         _reap(procs)
@@ -461,11 +530,72 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
     return [torch.load(io.BytesIO(results[r]), weights_only=False) for r in range(world_size)]
 
 
+def _last_line(report: str) -> str:
+    lines = report.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _ranks(ranks) -> str:
+    ranks = sorted(ranks)
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+
+
+def _rank_error(failures: dict, died: set, results: dict, world_size: int, logdir: str) -> RankError:
+    """One RankError for the failed ranks: the rank that failed first (or died), its traceback,
+    and what the others did."""
+    last = {r: _last_line(t) for r, t in failures.items()}
+    same = world_size > 1 and len(failures) == world_size and len(set(last.values())) == 1
+    if same:  # nobody failed because of anybody else: show the lowest rank, deterministically
+        first = min(failures)
+    else:
+        first = min(died) if died else next(iter(failures))
+    detail = failures[first] + _hint(failures[first])
+    if same:
+        detail += (f"\n--- all {world_size} ranks failed the same way: the traceback above is "
+                   f"rank {first}'s ---")
+    else:
+        others = [r for r in failures if r != first]
+        if others:
+            detail += ("\n--- other ranks failed after it, probably as a consequence ---\n" +
+                       "\n".join(f"rank {r}: {last[r]}" for r in others))
+        waited = any(f"torch{sep}distributed{sep}" in failures[first] for sep in "/\\")
+        if results and waited:  # it failed inside a collective whose peers had already returned
+            waiting = [r for r in range(world_size) if r not in results]
+            detail += "\n" + _differ_hint(list(results), waiting, past=True)
+    output = "".join(_read(logdir, first, k) for k in ("out", "err", "low"))
+    return RankError(first, world_size, detail, output)
+
+
+def _differ_hint(returned, waiting, past: bool) -> str:
+    verb = ("was" if len(waiting) == 1 else "were") if past else ("is" if len(waiting) == 1 else "are")
+    return (f"Hint: {_ranks(returned)} returned while {_ranks(waiting)} {verb} still waiting in a "
+            f"collective (or send/recv): calls or sizes differ between ranks. Every rank must make "
+            f"the same collective calls, in the same order, with tensors of the same shape, and "
+            f"each send needs its matching recv.")
+
+
+def _startup_text(late, startup, logdir) -> str:
+    text = (f"run_distributed: {_ranks(late)} did not connect within {startup:g} s of the start "
+            f"and {'were' if len(late) > 1 else 'was'} stopped (start-up: starting the process, "
+            f"rebuilding the function in it and joining the process group; the run's own timeout "
+            f"counts only from when every rank has connected). A busy machine can be slow to "
+            f"start processes; a rank that blocks before it connects, or a port that a firewall "
+            f"closes, never connects.")
+    for r in late:  # a rank's warnings and low-level output say why it could not connect
+        lines = (_read(logdir, r, "err") + _read(logdir, r, "low")).splitlines()[-5:]
+        if lines:
+            text += f"\n--- last lines of rank {r}'s error output ---\n" + "\n".join(lines)
+    return text
+
+
 def _timeout_text(pending, results, timeout, logdir) -> str:
     text = (f"run_distributed: rank{'s' if len(pending) > 1 else ''} "
-            f"{', '.join(map(str, pending))} did not finish within {timeout:g} s and "
-            f"{'were' if len(pending) > 1 else 'was'} stopped. A common cause is a rank "
+            f"{', '.join(map(str, pending))} did not finish within {timeout:g} s (counted from "
+            f"when every rank had connected) and {'were' if len(pending) > 1 else 'was'} "
+            f"stopped. A common cause is a rank "
             f"waiting in a collective (or recv) that another rank never calls.")
+    if results:  # some ranks finished while the others waited for them
+        text += "\n" + _differ_hint(list(results), pending, past=False)
     for r in pending:  # what the stuck ranks printed last is often the best clue
         lines = _read(logdir, r, "out").splitlines()[-5:]
         if lines:

@@ -146,6 +146,99 @@ def test_a_hanging_rank_is_stopped_at_the_timeout():
     assert children() == []
 
 
+def slow_to_connect(seconds, only_rank=None):
+    """dist.init_process_group, but slow (in ranks forked from this process): a busy machine."""
+    real = dist.init_process_group
+
+    def init(*args, **kwargs):
+        if only_rank is None or kwargs.get("rank") == only_rank:
+            time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    return init
+
+
+@linux_only
+def test_the_timeout_counts_from_when_every_rank_has_connected(monkeypatch):
+    """Rendezvous can take seconds on a loaded machine; it must not eat a short timeout."""
+    monkeypatch.setattr(dist, "init_process_group", slow_to_connect(3.0))
+    assert run_distributed(quick, 2, timeout=2, echo=False) == [2.0, 2.0]
+    assert children() == []
+
+
+@linux_only
+def test_start_up_has_its_own_bound_and_message(monkeypatch):
+    from course_utils import launch
+
+    monkeypatch.setattr(launch, "_STARTUP_MIN_S", 2.0)
+    monkeypatch.setattr(dist, "init_process_group", slow_to_connect(600, only_rank=1))
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as e:
+        run_distributed(quick, 2, timeout=1, echo=False)
+    assert 2 <= time.monotonic() - t0 < 10
+    # rank 0 waits inside init_process_group for rank 1, so neither has connected
+    assert "ranks 0, 1 did not connect within 2 s" in str(e.value)
+    assert "did not finish" not in str(e.value)
+    assert children() == []
+
+
+def returns_early(rank, world_size):
+    if rank == 0:
+        time.sleep(600)  # still busy (as if waiting for a message) when the timeout comes
+    return rank
+
+
+def extra_collective_on_zero(rank, world_size):
+    t = torch.ones(2)
+    if rank == 0:
+        dist.all_reduce(t)  # rank 1 never calls it: it returns, and its connections close
+    return t
+
+
+@linux_only
+def test_a_timeout_with_finished_ranks_says_calls_differ():
+    with pytest.raises(TimeoutError) as e:
+        run_distributed(returns_early, 3, timeout=2)
+    msg = str(e.value)
+    assert "rank 0 did not finish within 2 s" in msg
+    assert "Hint: ranks 1, 2 returned while rank 0 is still waiting" in msg
+    assert "calls or sizes differ between ranks" in msg
+    assert children() == []
+
+
+@linux_only
+def test_a_rank_left_alone_in_a_collective_gets_the_calls_differ_hint():
+    with pytest.raises(RankError) as e:
+        run_distributed(extra_collective_on_zero, 2, timeout=30)
+    assert e.value.rank == 0
+    assert "Hint: rank 1 returned while rank 0 was still waiting" in str(e.value)
+    assert "calls or sizes differ between ranks" in str(e.value)
+    assert children() == []
+
+
+def all_fail(rank, world_size):
+    raise KeyError("the same key everywhere")
+
+
+def fail_differently(rank, world_size):
+    raise KeyError(f"key {rank}")
+
+
+@linux_only
+def test_ranks_that_all_fail_the_same_way_are_reported_as_such():
+    with pytest.raises(RankError) as e:
+        run_distributed(all_fail, 3, timeout=30)
+    msg = str(e.value)
+    assert e.value.rank == 0 and msg.startswith("rank 0 of 3 failed")
+    assert "KeyError: 'the same key everywhere'" in msg
+    assert "--- all 3 ranks failed the same way: the traceback above is rank 0's ---" in msg
+    assert "consequence" not in msg and "calls or sizes differ" not in msg
+    with pytest.raises(RankError) as e:  # different messages: one is blamed, the others listed
+        run_distributed(fail_differently, 2, timeout=30)
+    assert "the same way" not in str(e.value) and "probably as a consequence" in str(e.value)
+    assert children() == []
+
+
 @linux_only
 def test_a_rank_that_dies_without_reporting():
     with pytest.raises(RankError, match=r"rank 1 of 2 failed[\s\S]*exited with code 3"):
@@ -378,6 +471,10 @@ def backward_in_rank(rank, world_size):
 
 GEN = (i for i in range(3))
 
+def nested_code():
+    add = lambda v: v + 1
+    return [add(v) for v in range(3)]
+
 def uses_a_generator(rank, world_size):
     return next(GEN)
 """
@@ -433,18 +530,50 @@ def test_forkserver_runs_a_lambda():
                            start_method="forkserver") == [10.0, 11.0]
 
 
-@fork_server
-def test_forkserver_reports_a_failing_rank_with_the_cells_source():
+@pytest.mark.parametrize("method", [pytest.param("forkserver", marks=fork_server), "spawn"])
+def test_a_rank_started_fresh_reports_a_failure_with_the_cells_source(method):
+    """cloudpickle 3.1.3 renamed every pickled function's file to <dynamic-code>, so tracebacks
+    from forkserver ranks (GPU Linux) and spawned ones (macOS, Windows) lost the cell's lines."""
     t0 = time.monotonic()
     with pytest.raises(RankError) as e:
-        run_distributed(notebook()["fails_in_a_cell"], 2, timeout=60, start_method="forkserver")
-    assert time.monotonic() - t0 < 10
+        run_distributed(notebook()["fails_in_a_cell"], 2, timeout=60, start_method=method)
+    assert time.monotonic() - t0 < (10 if method == "forkserver" else 60)
     msg = str(e.value)
     assert e.value.rank == 1 and msg.startswith("rank 1 of 2 failed")
     assert "in fails_in_a_cell" in msg and "ValueError: broken in a notebook cell" in msg
     assert 'raise ValueError("broken in a notebook cell")' in msg  # the cell's line, shown
+    assert 'File "/tmp/ipykernel_0/cell_1.py"' in msg and "<dynamic-code>" not in msg
     assert "_rank_main" not in msg
     assert children() == []
+
+
+def test_code_sent_by_value_keeps_its_file_name_nested_code_too():
+    """What a fresh rank rebuilds from _pack: the function, the closure inside it, a lambda and a
+    comprehension inside that, each with the cell's file name, and the cell's lines."""
+    import linecache
+
+    from course_utils import launch
+
+    step = notebook()["make_step"](1.0)
+    _, rng, sources, blob = launch._pack(step, (), "spawn")
+    linecache.cache.pop("/tmp/ipykernel_0/cell_1.py")  # a fresh process has no such entry
+    fn, args = launch._unpack(rng, sources, blob)
+
+    def codes(code):
+        yield code
+        for c in code.co_consts:
+            if isinstance(c, type(code)):
+                yield from codes(c)
+
+    assert fn.__name__ == "step" and args == ()
+    assert {c.co_filename for c in codes(fn.__code__)} == {"/tmp/ipykernel_0/cell_1.py"}
+    assert "dist.all_reduce(t)" in linecache.getline("/tmp/ipykernel_0/cell_1.py", 13)
+    nested = notebook()["nested_code"]
+    _, rng, sources, blob = launch._pack(nested, (), "spawn")
+    rebuilt, _ = launch._unpack(rng, sources, blob)
+    assert rebuilt() == [1, 2, 3]
+    names = {c.co_name: c.co_filename for c in codes(rebuilt.__code__)}
+    assert "<lambda>" in names and set(names.values()) == {"/tmp/ipykernel_0/cell_1.py"}, names
 
 
 @fork_server
