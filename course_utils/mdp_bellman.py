@@ -8,26 +8,46 @@ from __future__ import annotations
 import torch
 
 
-def _float64(x, who: str, name: str) -> torch.Tensor:
-    """``x`` as a finite float64 tensor (autograd flows through), or an error naming it."""
+def _real(x, who: str, name: str) -> torch.Tensor:
+    """``x`` as a real tensor in its own dtype; Python numbers and lists become float64 (a
+    Python float is a double), tensors and NumPy arrays keep theirs. An error names ``x``."""
     try:
-        t = torch.as_tensor(x)
+        if isinstance(x, torch.Tensor):
+            t = x
+        elif hasattr(x, "dtype"):                     # a NumPy array: keep float32 as float32
+            t = torch.as_tensor(x)
+        else:
+            t = torch.as_tensor(x, dtype=torch.float64)
     except Exception:  # noqa: BLE001 - re-raised with the argument's name
         raise TypeError(f"{who}: {name} must be a tensor or array of numbers, "
                         f"got {type(x).__name__}") from None
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
         raise TypeError(f"{who}: {name} must be a real tensor, got dtype {t.dtype}")
-    t = t.to(torch.float64)
+    return t
+
+
+def _float64(x, who: str, name: str) -> torch.Tensor:
+    """``x`` as a finite float64 tensor (autograd flows through), or an error naming it."""
+    t = _real(x, who, name).to(torch.float64)
     if not torch.isfinite(t).all():
         raise ValueError(f"{who}: {name} must be finite (no NaN or inf)")
     return t
 
 
+def _sum_tol(dtype: torch.dtype) -> float:
+    """How far from 1 a row of probabilities given in ``dtype`` may sum: 256 rounding units of the
+    dtype (float64: 5.7e-14, float32: 3.1e-5), at most 4e-3 (for 16-bit floats); integers: float64's."""
+    eps = torch.finfo(dtype if dtype.is_floating_point else torch.float64).eps
+    return min(256 * eps, 4e-3)
+
+
 def _stochastic(x, who: str, name: str, shape: str, ndim: int, expect=None) -> torch.Tensor:
     """``x`` as float64 with ``ndim`` dims and shape ``expect`` (or, when ``expect`` is None, equal
     first and last axes, as in P (S, S) or (S, A, S)); each slice along the last axis must be a
-    probability distribution. ``shape`` is the expected shape in words, for the error."""
-    t = _float64(x, who, name)
+    probability distribution, to within the rounding of the input's dtype (``_sum_tol``).
+    ``shape`` is the expected shape in words, for the error."""
+    given = _real(x, who, name)
+    t = _float64(given, who, name)
     ok = t.ndim == ndim and (t.shape == expect if expect else t.shape[0] == t.shape[-1])
     if not ok:
         raise ValueError(f"{who}: {name} must have shape {shape}, got {tuple(t.shape)}")
@@ -35,26 +55,59 @@ def _stochastic(x, who: str, name: str, shape: str, ndim: int, expect=None) -> t
         raise ValueError(f"{who}: {name} holds probabilities, so it must be >= 0; "
                          f"its smallest entry is {t.min().item():.3g}")
     sums = t.sum(-1)
-    bad = ((sums - 1).abs() > 1e-8).nonzero()
-    if len(bad):
-        i = tuple(bad[0].tolist())
-        raise ValueError(f"{who}: each row {name}[{', '.join(map(str, i))}, :] must sum to 1 "
-                         f"(a distribution over the last axis); it sums to {sums[i].item():.6g}")
+    off, tol = (sums - 1).abs(), _sum_tol(given.dtype)
+    if off.max() > tol:
+        i = tuple(int(v) for v in torch.unravel_index(off.argmax(), off.shape))   # the worst row
+        raise ValueError(f"{who}: row {name}[{', '.join(map(str, i))}, :] must sum to 1 "
+                         f"(a distribution over the last axis) but sums to {sums[i].item():.10g}; "
+                         f"it is the worst of {int((off > tol).sum())} such row(s), off by "
+                         f"{off[i].item():.3g} (the tolerance for {given.dtype} input is "
+                         f"{tol:.2g})")
     return t
 
 def stationary_distribution(P) -> torch.Tensor:
-    """The stationary distribution π of an ergodic Markov chain: πP = π, Σπ = 1.
+    """The stationary distribution π of a Markov chain: πP = π, Σπ = 1.
 
     Solves the linear system (Pᵀ − I)πᵀ = 0 with its last equation replaced by Σ_s π_s = 1
     (e.g. Norris, *Markov Chains*, 1997, §1.7). ``P`` has shape (S, S), rows summing to 1.
+    π is unique when the chain has exactly one closed class (an irreducible chain has one; states
+    outside it get π = 0); a chain with several is refused with a ValueError naming them, since
+    each class has its own π (Norris, §1.7). A periodic chain still has its π, but
+    μ0 Pᵗ converges to it from every start only if the chain is irreducible and aperiodic
+    (Norris, Theorem 1.8.3).
     """
     P = _stochastic(P, "stationary_distribution", "P", "(S, S)", 2)
+    classes = _closed_classes(P)
+    if len(classes) > 1:
+        names = ", ".join("{" + ", ".join(map(str, c)) + "}" for c in classes[:4])
+        raise ValueError(f"stationary_distribution: P is reducible, with {len(classes)} closed "
+                         f"classes of states that never reach each other ({names}"
+                         f"{', ...' if len(classes) > 4 else ''}); each has its own stationary "
+                         f"distribution and any mixture of them is stationary too, so there is "
+                         f"no single π")
     S = P.shape[0]
     A = P.T - torch.eye(S, dtype=P.dtype)            # (S, S): rows are the equations
     A[-1] = 1.0                                       # replace one (redundant) equation by Σπ = 1
     b = torch.zeros(S, dtype=P.dtype)
     b[-1] = 1.0
     return torch.linalg.solve(A, b)
+
+
+def _closed_classes(P) -> list:
+    """The closed communicating classes of the chain P (S, S), each a sorted list of states: the
+    states reach each other and nothing outside (Norris 1997, §1.2). A state s is in one when
+    every state it reaches reaches it back."""
+    S = P.shape[0]
+    reach = (P > 0) | torch.eye(S, dtype=torch.bool, device=P.device)       # paths of length <= 1
+    for _ in range(S.bit_length()):                                         # <= 2, 4, 8, ... > S
+        reach = reach | (reach.double() @ reach.double() > 0)
+    classes = []
+    for s in range(S):
+        if bool((~reach[s] | reach[:, s]).all()):        # everything s reaches reaches s back
+            c = reach[s].nonzero().flatten().tolist()
+            if c not in classes:
+                classes.append(c)
+    return classes
 
 def mrp_value(P, R, gamma) -> torch.Tensor:
     """Value of a Markov reward process in closed form: V = (I − γP)⁻¹ R.
@@ -309,13 +362,35 @@ def _greedy(q, tie_tol: float) -> torch.Tensor:
     return best.double() / best.sum(1, keepdim=True)
 
 
+def _ends(P, R, policy, who: str, what: str) -> None:
+    """For gamma = 1: ``policy`` (S, A) must reach a terminal state from every state. Greedy
+    policies can fail this where a loop is worth as much as the way out (a zero-reward action
+    that stays put beside a path that costs -1 per step): the Bellman optimality equation then
+    has several solutions (Bertsekas & Tsitsiklis 1991, stochastic shortest paths, assume every
+    improper policy costs infinitely much, which a free loop does not)."""
+    P_pi = torch.einsum("sa,sat->st", policy, P)                      # (S, S)
+    reach = _terminal(P, R).clone()
+    for _ in range(len(reach)):                                       # grow back from the end
+        reach = reach | (P_pi[:, reach] > 0).any(1)
+    if not reach.all():
+        s = int((~reach).nonzero()[0])
+        raise ValueError(f"{who}: with gamma = 1, {what} never reaches a terminal state from "
+                         f"state {s}: it loops forever through actions worth as much as ending "
+                         f"(a loop of zero reward). The values then describe never finishing, "
+                         f"not a policy that ends, and value and policy iteration can disagree. "
+                         f"Use gamma < 1, or give the loop a cost")
+
+
 def value_iteration(P, R, gamma, *, tol: float = 1e-10, max_sweeps: int = 100_000,
                     tie_tol: float = 1e-6, return_deltas: bool = False):
     """Value iteration (Sutton & Barto 2018, eq. 4.10; their θ is ``tol``): v_{k+1}(s) =
     max_a q_k(s, a) with q_k = R + γ P v_k, from v_0 = 0 until max|Δv| < tol.
 
     Returns (V*, greedy policy) with V* (S,) and the policy (S, A) of ``greedy_policy``, or
-    (V*, policy, max|Δv| per sweep) with ``return_deltas=True``.
+    (V*, policy, max|Δv| per sweep) with ``return_deltas=True``. With gamma = 1 the greedy
+    policy must reach a terminal state from every state; if it loops forever instead (a cycle
+    worth as much as ending), ValueError: v is then the value of never finishing, and policy
+    iteration can give another answer.
     """
     P, R, gamma = _mdp(P, R, gamma, "value_iteration")
     _tol(tol, "value_iteration")
@@ -326,6 +401,8 @@ def value_iteration(P, R, gamma, *, tol: float = 1e-10, max_sweeps: int = 100_00
         v = v_new
         if deltas[-1] < tol:
             policy = _greedy(_q(P, R, gamma, v), tie_tol)
+            if gamma == 1:
+                _ends(P, R, policy, "value_iteration", "the greedy policy of the values it found")
             return (v, policy, deltas) if return_deltas else (v, policy)
     raise RuntimeError(f"value_iteration: max|Δv| = {deltas[-1]:.3g} is still >= tol = "
                        f"{tol} after {max_sweeps} sweeps")
@@ -337,7 +414,8 @@ def policy_iteration(P, R, gamma, *, policy=None, max_iters: int = 1000, tie_tol
     the uniform policy (with gamma = 1 it must reach a terminal state from everywhere).
 
     Returns (V*, policy): V* (S,) and the final greedy policy (S, A); with
-    ``return_history=True`` also the list of v_π of every policy visited.
+    ``return_history=True`` also the list of v_π of every policy visited. With gamma = 1 every
+    improved policy must reach a terminal state from every state (ValueError otherwise).
     """
     P, R, gamma = _mdp(P, R, gamma, "policy_iteration")
     S, A = R.shape
@@ -347,6 +425,8 @@ def policy_iteration(P, R, gamma, *, policy=None, max_iters: int = 1000, tie_tol
         P_pi, R_pi = torch.einsum("sa,sat->st", pi, P), (pi * R).sum(1)
         history.append(_mrp_value(P_pi, R_pi, gamma, "policy_iteration", " under the policy"))
         new = _greedy(_q(P, R, gamma, history[-1]), tie_tol)
+        if gamma == 1:
+            _ends(P, R, new, "policy_iteration", "the improved (greedy) policy")
         if torch.equal(new, pi):
             return (history[-1], pi, history) if return_history else (history[-1], pi)
         pi = new

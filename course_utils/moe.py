@@ -104,20 +104,47 @@ def load_balancing_loss(router_probs: torch.Tensor, indices: torch.Tensor) -> to
     routes that chose expert i (not differentiable), P_i = mean probability of expert i.
     Equals 1 under perfectly uniform routing; grows with imbalance, up to n_experts.
     """
-    _need_float("router_probs", router_probs, "load_balancing_loss", "(tokens, n_experts)")
-    T, E = router_probs.shape
-    if indices.dim() != 2 or indices.shape[0] != T or indices.dtype != torch.int64:
-        raise ValueError(f"load_balancing_loss: indices must be int64 of shape (tokens, k) = "
-                         f"({T}, k), got {indices.dtype} of shape {tuple(indices.shape)}")
-    if indices.numel() and (indices.min() < 0 or indices.max() >= E):
-        raise ValueError(f"load_balancing_loss: indices must lie in [0, n_experts) = [0, {E})")
-    if (router_probs.detach().sum(-1) - 1).abs().max() > 1e-3:
-        raise ValueError("load_balancing_loss: each row of router_probs must sum to 1 "
-                         "(pass softmax(logits), not the logits)")
+    _check_balance_args("load_balancing_loss", router_probs, indices)
+    E = router_probs.shape[1]
     routes = indices.reshape(-1)                                     # (T·k,)
     f = torch.bincount(routes, minlength=E).to(router_probs.dtype) / routes.numel()
     P = router_probs.mean(0)
     return E * (f * P).sum()
+
+
+def _check_balance_args(where, router_probs, indices):
+    _need_float("router_probs", router_probs, where, "(tokens, n_experts)")
+    T, E = router_probs.shape
+    if indices.dim() != 2 or indices.shape[0] != T or indices.dtype != torch.int64:
+        raise ValueError(f"{where}: indices must be int64 of shape (tokens, k) = "
+                         f"({T}, k), got {indices.dtype} of shape {tuple(indices.shape)}")
+    if indices.numel() and (indices.min() < 0 or indices.max() >= E):
+        raise ValueError(f"{where}: indices must lie in [0, n_experts) = [0, {E})")
+    if (router_probs.detach().sum(-1) - 1).abs().max() > 1e-3:
+        raise ValueError(f"{where}: each row of router_probs must sum to 1 "
+                         "(pass softmax(logits), not the logits)")
+
+def sequence_balance_loss(router_probs: torch.Tensor, indices: torch.Tensor,
+                          seq_len: int) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss (technical report 2024, section
+    2.1.2, eqs. 17-20) without its factor alpha: E * sum_i f_i P_i computed over the seq_len
+    tokens of each sequence, then averaged over the sequences.
+
+    router_probs: (B·seq_len, n_experts), rows summing to 1 (in V3 the sigmoid scores divided by
+    their sum over all experts, eq. 19); indices: (B·seq_len, k) int64; each sequence's tokens
+    consecutive, as x.reshape(-1, d) lays out a (B, seq_len, d) batch.
+    """
+    _check_balance_args("sequence_balance_loss", router_probs, indices)
+    N, E = router_probs.shape
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1 or N % seq_len:
+        raise ValueError(f"sequence_balance_loss: seq_len must be an int >= 1 that divides the "
+                         f"{N} tokens, got {seq_len!r}")
+    B, k = N // seq_len, indices.shape[1]
+    seq = torch.arange(B, device=indices.device).repeat_interleave(seq_len * k)   # (B·seq_len·k,)
+    counts = torch.bincount(seq * E + indices.reshape(-1), minlength=B * E).view(B, E)  # (B, E)
+    f = counts.to(router_probs.dtype) / (seq_len * k)                              # (B, E)
+    P = router_probs.reshape(B, seq_len, E).mean(1)                                # (B, E)
+    return (E * (f * P).sum(-1)).mean()
 
 from typing import NamedTuple
 
@@ -268,9 +295,11 @@ def dispatch_loop(x, weights, indices, experts):
     return y
 
 def dispatch_sorted(x, weights, indices, experts):
-    """Sorted ("grouped") MoE dispatch, as in MegaBlocks (Gale et al. 2022): argsort the T·k
-    routes by expert, count them with bincount, run each expert on one contiguous slice, then
-    index_add_ the weighted rows back to their tokens. Same result as dispatch_loop.
+    """Sorted MoE dispatch, the layout of MegaBlocks (Gale et al. 2022): argsort the T·k routes
+    by expert, count them with bincount, run each expert on one contiguous slice, then index_add_
+    the weighted rows back to their tokens. Same result as dispatch_loop. It still calls the
+    experts one by one (a grouped GEMM would run all slices in one launch); it needs one host
+    sync (the .tolist() of the counts) where dispatch_loop needs one per expert.
 
     x: (tokens, d) floating; weights, indices: (tokens, k); experts: a list of modules.
     """
@@ -294,9 +323,11 @@ class MoE(nn.Module):
     DeepSeek-V3 routing (report section 2.1.2) on sigmoid(router logits), with
     n_groups/topk_groups and the buffer `expert_bias` for auxiliary-loss-free balancing (update
     it with `update_bias`). n_shared shared experts run as one SwiGLU of width n_shared * d_ff.
-    capacity_factor=None: no capacity; otherwise routes past switch_capacity(...) get weight 0.
-    After forward, `self.stats` holds probs, indices, weights, tokens_per_expert and aux_loss
-    (load_balancing_loss).
+    capacity_factor=None: no capacity (DeepSeek-V3 drops no tokens, report section 2.1.2);
+    otherwise routes past switch_capacity(...) get weight 0. After forward, `self.stats` holds
+    probs, indices, weights, tokens_per_expert, aux_loss (load_balancing_loss over every token:
+    batch-wise) and seq_aux_loss (sequence_balance_loss, DeepSeek-V3's sequence-wise loss: for a
+    (..., T, d) input each run of T tokens is a sequence; a 2-D input is one sequence).
     """
 
     def __init__(self, d_model, d_ff, n_experts, k, *, n_shared=0, score="softmax", n_groups=1,
@@ -335,15 +366,17 @@ class MoE(nn.Module):
             indices, weights = deepseek_v3_route(
                 s, self.expert_bias, n_groups=self.n_groups, topk_groups=self.topk_groups,
                 k=self.k, route_scale=self.route_scale)
-            probs = s / s.sum(-1, keepdim=True)                # V3's normalised s' (its seq.-wise loss)
+            probs = s / s.sum(-1, keepdim=True)                # V3's normalised s' (eq. 19)
         if self.capacity_factor is not None:
             cap = switch_capacity(h.shape[0], self.n_experts, self.capacity_factor, self.k)
             weights = weights * capacity_keep(indices, self.n_experts, cap)
         y = self.dispatch(h, weights, indices, list(self.experts))
         if self.shared is not None:
             y = y + self.shared(h)
+        seq_len = x.shape[-2] if x.dim() >= 3 else h.shape[0]   # tokens of one sequence
         self.stats = dict(probs=probs, indices=indices, weights=weights,
                           tokens_per_expert=torch.bincount(indices.reshape(-1),   # (N·k,)
                                                            minlength=self.n_experts),
-                          aux_loss=load_balancing_loss(probs, indices))
+                          aux_loss=load_balancing_loss(probs, indices),
+                          seq_aux_loss=sequence_balance_loss(probs, indices, seq_len))
         return y.reshape(x.shape)                              # (..., d)

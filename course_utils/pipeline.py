@@ -179,8 +179,8 @@ def plot_timeline(timeline, ax=None, *, title=None, labels=True):
         raise TypeError(f"plot_timeline: expected the Timeline that simulate() returns, got "
                         f"{type(timeline).__name__}")
     p, T = timeline.p, timeline.makespan
-    if ax is None:
-        _, ax = plt.subplots(figsize=(10, 0.45 * p + 1.1))
+    if ax is None:                      # 0.6 inch per rank: rows tall enough to read
+        _, ax = plt.subplots(figsize=(9, max(3.0, 0.6 * p + 1.4)))
     width_in = ax.get_position().width * ax.figure.get_figwidth()
     for r, evs in enumerate(timeline.events):           # one collection per rank: fast
         ax.broken_barh([(0, T)], (r - 0.4, 0.8), facecolors="#E4E4E4", lw=0)
@@ -188,11 +188,11 @@ def plot_timeline(timeline, ax=None, *, title=None, labels=True):
                        edgecolor="white", facecolors=[_lighten(
                            _KIND_COLORS[k], 0.5 * c / max(timeline.v - 1, 1)) for k, _, c, _, _ in evs])
         for kind, j, c, s, e in evs:
-            if labels and (e - s) / T * width_in > 0.075 * len(str(j)) + 0.03:
-                ax.text((s + e) / 2, r, str(j), ha="center", va="center", fontsize=7,
+            if labels and (e - s) / T * width_in > 0.085 * len(str(j)) + 0.04:
+                ax.text((s + e) / 2, r, str(j), ha="center", va="center", fontsize=9,
                         color="white" if c == 0 else "#222222")
     kinds = sorted({ev[0] for evs in timeline.events for ev in evs}, key=KINDS.index)
-    ax.legend([Patch(color=_KIND_COLORS[k]) for k in kinds], kinds, fontsize=8,
+    ax.legend([Patch(color=_KIND_COLORS[k]) for k in kinds], kinds, fontsize=9,
               loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.3)
     ax.set(xlim=(0, T), ylim=(p - 0.5, -0.5), yticks=range(p), xlabel="time")
     ax.set_yticklabels([f"rank {r}" for r in range(p)])

@@ -338,3 +338,135 @@ ALWAYS_UP = torch.nn.functional.one_hot(torch.zeros(16, dtype=torch.long), 4).do
 def test_bad_inputs_raise(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---- issue 14: dtype-aware row sums, reducible and periodic chains, γ = 1 with a free loop ------
+
+WEATHER = [[0.8, 0.15, 0.05], [0.4, 0.40, 0.20], [0.2, 0.40, 0.40]]
+
+
+def test_rows_sum_to_one_within_the_rounding_of_the_input_dtype():
+    ref = mb.stationary_distribution(torch.tensor(WEATHER, dtype=f64))
+    assert_close(mb.stationary_distribution(WEATHER), ref, atol=0, rtol=0)        # a Python list
+    assert_close(mb.stationary_distribution(torch.tensor(WEATHER, dtype=torch.float32)), ref,
+                 atol=1e-6, rtol=0)                                                # float32
+    assert_close(mb.stationary_distribution(torch.tensor(WEATHER).numpy()), ref, atol=1e-6, rtol=0)
+    v = mb.mrp_value(torch.tensor(WEATHER, dtype=torch.float32), [1.0, 0.0, -1.0], 0.9)
+    assert v.dtype == f64
+    pi = torch.full((3, 7), 1 / 7, dtype=torch.float32)                            # 7 × (1/7)f ≠ 1
+    assert mb.v_from_q(pi, torch.zeros(3, 7)).shape == (3,)
+
+
+def test_a_row_that_is_really_off_is_refused_with_enough_digits():
+    bad = [[0.8, 0.16, 0.05], [0.4, 0.4, 0.2], [0.2, 0.4, 0.4]]                    # row 0: 1.01
+    for P in (bad, torch.tensor(bad, dtype=torch.float32)):
+        with pytest.raises(ValueError, match=r"row P\[0, :\] must sum to 1 .* but sums to 1\.01"):
+            mb.stationary_distribution(P)
+    # float32 values passed on as float64 are judged as float64: the error shows the difference
+    P = torch.tensor(WEATHER, dtype=torch.float32).to(f64)
+    P[1] = P[1] * (1 + 1e-7)
+    with pytest.raises(ValueError, match=r"sums to 1\.0000001\d*; it is the worst of"):
+        mb.stationary_distribution(P)
+
+
+def test_worst_row_is_named():
+    P = torch.tensor([[0.5, 0.5], [0.5, 0.52]], dtype=f64)
+    P = torch.cat([P, torch.tensor([[0.5, 0.6]], dtype=f64)])[[0, 2, 1]]          # rows 1 and 2 bad
+    with pytest.raises(ValueError, match=r"row P\[1, :\] .* sums to 1\.1; it is the worst of 2"):
+        mb.mrp_value(torch.cat([P, torch.zeros(3, 1, dtype=f64)], 1), torch.zeros(3), 0.9)
+
+
+def test_periodic_chain_has_a_stationary_distribution_but_no_limit():
+    P = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=f64)
+    assert_close(mb.stationary_distribution(P), torch.tensor([0.5, 0.5], dtype=f64))
+    mu = torch.tensor([1.0, 0.0], dtype=f64)
+    assert not torch.allclose(mu @ torch.linalg.matrix_power(P, 101),
+                              mu @ torch.linalg.matrix_power(P, 100))
+
+
+def test_reducible_chain_is_refused_by_name_not_linalg_error():
+    for P, classes in [(torch.eye(2, dtype=f64), r"\{0\}, \{1\}"),
+                       (torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.2, 0.3, 0.3],
+                                      [0, 0, 0, 1.0]], dtype=f64), r"\{0, 1\}, \{3\}")]:
+        with pytest.raises(ValueError, match=r"stationary_distribution: P is reducible, with 2 "
+                                             r"closed classes .*\(" + classes + r"\)"):
+            mb.stationary_distribution(P)
+    # one closed class plus a transient state: a unique π, zero on the transient state
+    P = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.3, 0.7], [0.0, 0.6, 0.4]], dtype=f64)
+    pi = mb.stationary_distribution(P)
+    assert_close(pi @ P, pi)
+    assert pi[0].item() == 0.0
+
+
+def corridor(gamma=1.0):
+    """1×4 corridor, −1 per move, terminal at the right end, bumping a wall free (and in place)."""
+    return mb.gridworld(1, 4, gamma=gamma, step_reward=-1.0, off_grid_reward=0.0, terminal=[(0, 3)])
+
+
+def test_gamma_one_with_a_free_loop_value_iteration_refuses():
+    v_pi, pi = mb.policy_iteration(*corridor())
+    assert_close(v_pi, torch.tensor([-3.0, -2.0, -1.0, 0.0], dtype=f64))
+    assert bool((pi[:3, mb.ACTIONS.index("right")] > 0).all())                     # it ends
+    for v in (torch.zeros(4, dtype=f64), v_pi):        # both solve the optimality equation
+        assert_close(mb.q_from_v(*corridor(), v).amax(1), v)
+    with pytest.raises(ValueError, match="value_iteration: with gamma = 1, the greedy policy .* "
+                                         "never reaches a terminal state from state 0"):
+        mb.value_iteration(*corridor())
+    v_disc, pi_disc = mb.value_iteration(*corridor(0.99))   # discounted: bumping is optimal
+    assert_close(v_disc, torch.zeros(4, dtype=f64))
+    assert bool((pi_disc[:3, mb.ACTIONS.index("right")] == 0).all())
+
+
+def test_gamma_one_policy_iteration_refuses_an_improved_policy_that_never_ends():
+    """State 0: 'loop' pays +1 and stays, 'go' pays 0 and ends: from the uniform policy (which
+    ends) the improvement picks 'loop' forever."""
+    P = torch.zeros(2, 2, 2, dtype=f64)
+    P[0, 0, 0] = P[0, 1, 1] = P[1, :, 1] = 1.0
+    R = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=f64)
+    with pytest.raises(ValueError, match="policy_iteration: with gamma = 1, the improved "
+                                         r"\(greedy\) policy never reaches a terminal state"):
+        mb.policy_iteration(P, R, 1.0)
+
+
+def test_gamma_one_solvers_still_agree_where_every_greedy_policy_ends():
+    for mdp in (mb.sutton_barto_4x4(),):
+        assert_close(mb.value_iteration(*mdp)[0], mb.policy_iteration(*mdp)[0], atol=1e-8, rtol=0)
+
+
+# ---- the notebook's exercise checkers catch the mistakes their tasks invite ----------------------
+
+def _exercise_cells():
+    import nbformat
+    from pathlib import Path
+    nb = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "14_mdp_bellman.ipynb",
+                       as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    setup = next(s for s in code if s.startswith("ex_mdps = "))
+    return setup, {s.split("—")[0].strip("# ").strip(): s for s in code if s.startswith("# Exercise 14.")}
+
+
+WRONG = {   # exercise: (function name, a wrong body)
+    "Exercise 14.1": ("backup", "return (policy * (R + torch.einsum('sat,t->sa', P, V))).sum(1)"),
+    "Exercise 14.2": ("q_values", "return R + P @ V"),
+    "Exercise 14.3/no γ": ("greedy_actions", "return (R + torch.einsum('sat,t->sa', P, V)).argmax(1)"),
+    "Exercise 14.3/last tie": ("greedy_actions",
+                               "q = R + gamma * torch.einsum('sat,t->sa', P, V)\n"
+                               "    return q.shape[1] - 1 - q.flip(1).argmax(1)"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG))
+def test_exercise_checkers_catch_forgotten_gamma_and_wrong_tie_break(case):
+    import re
+    from course_utils.exercises import BEGIN, END, ExerciseError, check_function
+    setup, cells = _exercise_cells()
+    name = case.split("/")[0]
+    fn, body = WRONG[case]
+    cell = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), body, cells[name], flags=re.S)
+    ns = {"torch": torch, "f64": f64, "random_mdp": mb.random_mdp, "check_function": check_function}
+    exec(setup, ns)                                                    # noqa: S102
+    with pytest.raises(ExerciseError, match=name):
+        exec(cell, ns)                                                 # noqa: S102
+    right = {"torch": torch, "f64": f64, "random_mdp": mb.random_mdp, "check_function": check_function}
+    exec(setup, right)                                                 # noqa: S102
+    exec(cells[name], right)                                           # the solution passes

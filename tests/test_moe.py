@@ -270,6 +270,88 @@ def test_load_balancing_loss_top_k_and_gradient():
     assert_close(g, (E * f / T).expand(T, E), atol=1e-12, rtol=0)   # dL/dp_{t,i} = E f_i / T
 
 
+@pytest.mark.parametrize("B,T,E,k", [(1, 9, 4, 1), (3, 13, 5, 2), (4, 1, 3, 3)])
+def test_sequence_balance_loss_is_the_mean_of_per_sequence_losses(B, T, E, k):
+    logits = torch.randn(B * T, E, generator=gen(40 + B), dtype=torch.float64)
+    probs = logits.softmax(-1).requires_grad_(True)
+    idx = probs.topk(k, dim=-1).indices
+    loss = moe.sequence_balance_loss(probs, idx, T)
+    ref = []
+    for b in range(B):                                     # the loss written out per sequence
+        p_b, i_b = probs[b * T:(b + 1) * T], idx[b * T:(b + 1) * T]
+        f = torch.stack([(i_b == e).sum() for e in range(E)]).double() / (T * k)
+        ref.append(E * (f * p_b.mean(0)).sum())
+    ref = torch.stack(ref).mean()
+    assert_close(loss, ref, atol=1e-12, rtol=0)
+    g, g_ref = (torch.autograd.grad(v, probs)[0] for v in (loss, ref))
+    assert_close(g, g_ref, atol=1e-12, rtol=0)
+    if B == 1:                                             # one sequence: the batch-wise loss
+        assert_close(loss, moe.load_balancing_loss(probs, idx), atol=1e-12, rtol=0)
+
+
+def test_sequence_wise_sees_collapsed_sequences_that_batch_wise_misses():
+    """DeepSeek-V3 report 2.1.2: the sequence-wise loss is computed per sequence. Two sequences,
+    each routed entirely to its own expert: balanced as a batch (loss 1), collapsed per sequence."""
+    a, T = 2.0, 50
+    owner = torch.arange(2).repeat_interleave(T)
+    probs = (a * F.one_hot(owner, 2).double()).softmax(-1)
+    p_hi = math.exp(a) / (math.exp(a) + 1)
+    assert_close(moe.load_balancing_loss(probs, owner[:, None]).item(), 1.0, atol=1e-12, rtol=0)
+    assert_close(moe.sequence_balance_loss(probs, owner[:, None], T).item(), 2 * p_hi,
+                 atol=1e-12, rtol=0)
+
+
+def test_moe_stats_sequence_wise_loss_follows_the_sequence_axis():
+    torch.manual_seed(41)
+    layer = moe.MoE(8, 4, n_experts=8, k=2, n_shared=1, score="sigmoid", n_groups=4, topk_groups=2)
+    x = torch.randn(3, 5, 8)                               # (B, T, d)
+    layer(x)
+    st = layer.stats
+    per_seq = torch.stack([moe.load_balancing_loss(p, i) for p, i in
+                           zip(st["probs"].split(5), st["indices"].split(5))]).mean()
+    assert_close(st["seq_aux_loss"], per_seq)
+    assert bool((st["weights"] > 0).all())                 # no capacity: nothing dropped (V3)
+    layer(x.reshape(15, 8))                                # 2-D input: one sequence
+    assert_close(layer.stats["seq_aux_loss"], layer.stats["aux_loss"])
+
+
+def test_expert_choice_can_leave_a_token_without_expert():
+    probs = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [.8, .1, .1], [.1, .8, .1], [.1, .1, .8],
+                          [.2, .2, .6], [.3, .3, .4]], dtype=torch.float64)
+    _, tok = moe.expert_choice_route(probs.log(), 2)
+    assert torch.bincount(tok.reshape(-1), minlength=6).tolist() == [2, 1, 1, 1, 1, 0]
+
+
+def test_sorted_dispatch_syncs_once_and_still_calls_every_expert():
+    """dispatch_sorted reads the counts on the host once (.tolist()); dispatch_loop once per
+    expert (torch.where). Both call each non-empty expert once: no grouped GEMM here."""
+    from torch.overrides import TorchFunctionMode
+
+    class Reads(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            Reads.n += (name in ("nonzero", "tolist", "item", "__bool__", "__int__", "__float__")
+                        or (name == "where" and len(args) == 1))
+            return func(*args, **(kwargs or {}))
+
+    experts, x, logits = make_problem(40, 6, 2, 8, torch.float32, 42, skip_expert=5)
+    idx, w = moe.topk_route(logits.detach(), 2)
+    x = x.detach()
+    calls = []
+    for e in experts:
+        e.register_forward_hook(lambda m, *_: calls.append(m))
+    counts = {}
+    for fn in (moe.dispatch_loop, moe.dispatch_sorted):
+        Reads.n, calls[:] = 0, []
+        with torch.no_grad(), Reads():
+            fn(x, w, idx, experts)
+        counts[fn.__name__] = (Reads.n, len(calls))
+    assert counts["dispatch_loop"][0] - counts["dispatch_sorted"][0] == 6 - 1
+    assert counts["dispatch_loop"][1] == counts["dispatch_sorted"][1] == 5   # expert 5 unused
+
+
 # ---------------------------------------------------------------- expert choice
 
 @pytest.mark.parametrize("T,E,cap", [(37, 5, 14), (8, 8, 1), (20, 3, 20)])
@@ -498,6 +580,10 @@ ERRORS = [
      ValueError, "(tokens, k) = (4, k)"),
     (lambda: moe.load_balancing_loss(torch.full((4, 3), 1 / 3), torch.full((4, 1), 7)),
      ValueError, "[0, n_experts) = [0, 3)"),
+    (lambda: moe.sequence_balance_loss(torch.full((6, 3), 1 / 3), torch.zeros(6, 1, dtype=torch.int64), 4),
+     ValueError, "sequence_balance_loss: seq_len must be an int >= 1 that divides the 6 tokens, got 4"),
+    (lambda: moe.sequence_balance_loss(torch.randn(6, 3), torch.zeros(6, 1, dtype=torch.int64), 3),
+     ValueError, "sequence_balance_loss: each row of router_probs must sum to 1"),
     (lambda: moe.load_balancing_loss(torch.full((4,), 0.25), torch.zeros(4, 1, dtype=torch.int64)),
      ValueError, "(tokens, n_experts)"),
     (lambda: moe.expert_choice_route(torch.randn(6, 3), 7), ValueError, "[1, tokens] = [1, 6]"),

@@ -81,6 +81,22 @@ def test_gpipe_and_1f1b_bubble_and_memory():
         assert o.peak_activations == [min(p - r, m) for r in range(p)]
 
 
+def test_1f1b_cooldown_the_last_rank_is_done_first():
+    """In 1F1B's cool-down the last rank is idle because it has finished; the first ranks still
+    run the last backwards, each a t_b after the rank below: rank r ends (p - 1 - r) t_b before
+    rank 0 (t_comm = 0), and rank 0 ends the run."""
+    for p, m in GRID:
+        for t_f, t_b in [(1.0, 2.0), (1.0, 3.0), (0.5, 0.7)]:
+            tl = simulate(one_f_one_b(p, m), t_f=t_f, t_b=t_b)
+            ends = [evs[-1][4] for evs in tl.events]
+            assert ends[0] == tl.makespan
+            for r in range(p):
+                assert math.isclose(tl.makespan - ends[r], r * t_b, abs_tol=1e-9), (p, m, r)
+            if p > 1 and m >= p:                          # ZB-H1 fills that tail with W's
+                z = simulate(zero_bubble_h1(p, m), t_f=t_f, t_b=t_b, t_w=min(t_f, t_b / 2))
+                assert z.makespan - z.events[-1][-1][4] < tl.makespan - ends[-1]
+
+
 def test_interleaved_bubble_and_memory():
     for p, m, v in GRID_V:
         tl = simulate(interleaved_1f1b(p, m, v))
@@ -302,6 +318,19 @@ def test_simulate_errors(kw, match):
 def test_simulate_rejects_invalid_schedules_too():
     with pytest.raises(ValueError, match="simulate: the schedule breaks a dependency"):
         simulate([[("B", 0, 0), ("F", 0, 0)]])
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 8])
+def test_plot_timeline_default_figure_is_readable(p):
+    """The course's rule (tests/test_notebooks.py): at least 200 px high, at most 4.5 times as
+    wide as high, at the course's 120 dpi; and no text under 9 pt."""
+    import matplotlib.pyplot as plt
+    ax = plot_timeline(simulate(one_f_one_b(p, 8)))
+    w, h = ax.figure.get_size_inches() * 120
+    assert h >= 200 and w <= 4.5 * h
+    assert min(t.get_fontsize() for t in ax.texts) >= 9
+    assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 9
+    plt.close("all")
 
 
 def test_plot_timeline():
