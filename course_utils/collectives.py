@@ -22,49 +22,6 @@ class CommStats:
     bytes_received: int = 0
     messages_sent: int = 0
 
-
-def _group(fn: str) -> tuple[int, int]:
-    """(rank, world_size) of the default process group, or a clear error outside one."""
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(f"{fn}: needs an initialised process group; call it inside a rank "
-                           f"function started by run_distributed(...) or under torchrun")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _tensor(fn: str, name: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
-
-
-def _peer(fn: str, name: str, value, n: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n:
-        raise ValueError(f"{fn}: {name} must be a rank in [0, {n - 1}] (world_size = {n}), "
-                         f"got {value!r}")
-
-
-def _reduce_op(fn: str, op: str):
-    if op not in REDUCE_OPS:
-        raise ValueError(f"{fn}: op must be one of {sorted(REDUCE_OPS)}, got {op!r}")
-    return REDUCE_OPS[op]
-
-
-def _stats(fn: str, stats) -> None:
-    if stats is not None and not isinstance(stats, CommStats):
-        raise TypeError(f"{fn}: stats must be a CommStats or None, got {type(stats).__name__}")
-
-
-def _begin(fn: str, stats, **args) -> tuple[int, int]:
-    """The checks every collective starts with; returns (rank, world_size). The keyword ``x``
-    must be a tensor, any other keyword (``src``, ``dst``) a rank of the group."""
-    rank, n = _group(fn)
-    for name, value in args.items():
-        if name == "x":
-            _tensor(fn, name, value)
-        else:
-            _peer(fn, name, value, n)
-    _stats(fn, stats)
-    return rank, n
-
 def counted_send(t: torch.Tensor, dst: int, stats: CommStats | None = None) -> None:
     """``dist.send`` that adds the bytes to ``stats``."""
     dist.send(t.contiguous(), dst)
@@ -109,7 +66,7 @@ def broadcast(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) 
     ``dist.broadcast(x, src)``, which overwrites ``x`` in place). Returns a new tensor equal to
     ``src``'s ``x`` on every rank.
     """
-    rank, n = _begin("broadcast", stats, x=x, src=src)
+    rank, n = _begin("broadcast", stats, x=x, src=src)      # input checks (defined below)
     out = x.detach().clone().contiguous()
     if rank == src:
         for dst in range(n):
@@ -128,10 +85,7 @@ def scatter(x: torch.Tensor, src: int = 0, *, stats: CommStats | None = None) ->
     rank passes a tensor of the same shape (at least 1-D) so it knows its piece's size; only
     ``src``'s values are used.
     """
-    rank, n = _begin("scatter", stats, x=x, src=src)
-    if x.dim() == 0:
-        raise ValueError("scatter: x must have at least 1 dimension to split along dim 0, "
-                         "got a 0-d tensor")
+    rank, n = _begin("scatter", stats, x_split=x, src=src)
     pieces = x.detach().tensor_split(n)
     if rank == src:
         for dst in range(n):
@@ -157,14 +111,13 @@ def reduce(x: torch.Tensor, dst: int = 0, op: str = "sum", *,
            stats: CommStats | None = None) -> torch.Tensor | None:
     """Reduce from send/recv: ``dst`` receives every rank's ``x`` and combines them in rank order
     with ``op`` ('sum', 'prod', 'max', 'min'); returns the result on ``dst``, None elsewhere."""
-    rank, n = _begin("reduce", stats, x=x, dst=dst)
-    combine = _reduce_op("reduce", op)
+    _begin("reduce", stats, x=x, dst=dst, op=op)
     parts = gather(x, dst, stats=stats)
     if parts is None:
         return None
     out = parts[0]
     for p in parts[1:]:
-        out = combine(out, p)
+        out = REDUCE_OPS[op](out, p)
     return out
 
 
@@ -172,23 +125,9 @@ def all_reduce_naive(x: torch.Tensor, op: str = "sum", *,
                      stats: CommStats | None = None) -> torch.Tensor:
     """All-reduce as gather-and-combine on rank 0, then broadcast from rank 0 (both stars).
     Rank 0 receives and sends (N-1)·K bytes: the slow baseline the ring beats."""
-    _begin("all_reduce_naive", stats, x=x)
-    _reduce_op("all_reduce_naive", op)
+    _begin("all_reduce_naive", stats, x=x, op=op)
     reduced = reduce(x, 0, op, stats=stats)
     return broadcast(x if reduced is None else reduced, 0, stats=stats)
-
-def _pieces(fn: str, chunks, n: int) -> list[torch.Tensor]:
-    if not isinstance(chunks, (list, tuple)) or len(chunks) != n:
-        got = f"{len(chunks)} items" if isinstance(chunks, (list, tuple)) else type(chunks).__name__
-        raise ValueError(f"{fn}: chunks must be a list of world_size = {n} tensors, got {got}")
-    for i, c in enumerate(chunks):
-        _tensor(fn, f"chunks[{i}]", c)
-        if c.dtype != chunks[0].dtype or c.device != chunks[0].device:
-            raise ValueError(f"{fn}: every chunk must have the dtype and device of chunks[0] "
-                             f"({chunks[0].dtype}, {chunks[0].device}); chunks[{i}] has "
-                             f"{c.dtype}, {c.device}")
-    return [c.detach() for c in chunks]
-
 
 def all_to_all(chunks: list[torch.Tensor], *,
                stats: CommStats | None = None) -> list[torch.Tensor]:
@@ -196,8 +135,8 @@ def all_to_all(chunks: list[torch.Tensor], *,
     whose item ``j`` is what rank ``j`` sent it. Chunk ``j`` has one shape on every rank, chunks
     may differ from each other: ``x.tensor_split(N)`` of any length works (``dist.all_to_all_single``
     with split sizes). Pairwise schedule: at step s, send to (r+s) mod N, receive from (r-s) mod N."""
-    rank, n = _begin("all_to_all", stats)
-    return _pairwise_exchange(_pieces("all_to_all", chunks, n), rank, n, stats)
+    rank, n = _begin("all_to_all", stats, chunks=chunks)
+    return _pairwise_exchange([c.detach() for c in chunks], rank, n, stats)
 
 
 def _pairwise_exchange(chunks: list, rank: int, n: int, stats) -> list[torch.Tensor]:
@@ -224,13 +163,117 @@ def reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
     (in rank order) with ``op``. Chunk ``j`` must have the same shape on every rank; chunks may
     differ from each other (a length-7 tensor's ``tensor_split(3)`` is fine). It is an all-to-all
     whose arrivals are combined locally."""
-    rank, n = _begin("reduce_scatter", stats)
-    combine = _reduce_op("reduce_scatter", op)
-    arrived = _pairwise_exchange(_pieces("reduce_scatter", chunks, n), rank, n, stats)
+    rank, n = _begin("reduce_scatter", stats, chunks=chunks, op=op)
+    arrived = _pairwise_exchange([c.detach() for c in chunks], rank, n, stats)
     out = arrived[0]
     for a in arrived[1:]:
-        out = combine(out, a)
+        out = REDUCE_OPS[op](out, a)
     return out
+
+def _group(fn: str) -> tuple[int, int]:
+    """(rank, world_size) of the default process group, or a clear error outside one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"{fn}: needs an initialised process group; call it inside a rank "
+                           f"function started by run_distributed(...) or under torchrun")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _tensor(fn: str, name: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def _pieces(fn: str, chunks, n: int) -> None:
+    if not isinstance(chunks, (list, tuple)) or len(chunks) != n:
+        got = f"{len(chunks)} items" if isinstance(chunks, (list, tuple)) else type(chunks).__name__
+        raise ValueError(f"{fn}: chunks must be a list of world_size = {n} tensors, got {got}")
+    for i, c in enumerate(chunks):
+        _tensor(fn, f"chunks[{i}]", c)
+        if c.dtype != chunks[0].dtype or c.device != chunks[0].device:
+            raise ValueError(f"{fn}: every chunk must have the dtype and device of chunks[0] "
+                             f"({chunks[0].dtype}, {chunks[0].device}); chunks[{i}] has "
+                             f"{c.dtype}, {c.device}")
+
+
+def _begin(fn: str, stats, **args) -> tuple[int, int]:
+    """The checks every collective starts with, by argument name; returns (rank, world_size).
+    x: a tensor (x_split: one with a dim 0 to split); src, dst: a rank of the group; op: a key of
+    REDUCE_OPS; chunks: a list of world_size tensors of one dtype; trace: a list or None."""
+    rank, n = _group(fn)
+    for name, value in args.items():
+        if name in ("x", "x_split"):
+            _tensor(fn, "x", value)
+            if name == "x_split" and value.dim() == 0:
+                raise ValueError(f"{fn}: x must have at least 1 dimension to split along dim 0, "
+                                 f"got a 0-d tensor")
+        elif name in ("src", "dst"):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n:
+                raise ValueError(f"{fn}: {name} must be a rank in [0, {n - 1}] "
+                                 f"(world_size = {n}), got {value!r}")
+        elif name == "op" and value not in REDUCE_OPS:
+            raise ValueError(f"{fn}: op must be one of {sorted(REDUCE_OPS)}, got {value!r}")
+        elif name == "chunks":
+            _pieces(fn, value, n)
+        elif name == "trace" and value is not None and not isinstance(value, list):
+            raise TypeError(f"{fn}: trace must be a list or None, got {type(value).__name__}")
+    if stats is not None and not isinstance(stats, CommStats):
+        raise TypeError(f"{fn}: stats must be a CommStats or None, got {type(stats).__name__}")
+    return rank, n
+
+
+def _check_int(fn: str, name: str, value, low: int, high: int | None = None, note: str = "") -> None:
+    """value must be an int in [low, high] (high None: no upper bound)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        want = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{fn}: {name} must be {'an int ' if high is None else ''}{want}{note}, "
+                         f"got {value!r}")
+
+
+def _check_ring_step(rank, step, n, phase) -> None:
+    fn = "ring_chunk_indices"
+    _check_int(fn, "n", n, 1)
+    _check_int(fn, "rank", rank, 0, n - 1)
+    _check_int(fn, "step", step, 0, max(n - 2, 0), " (N - 1 steps per phase)")
+    if phase not in RING_PHASES:
+        raise ValueError(f"{fn}: phase must be one of {RING_PHASES}, got {phase!r}")
+
+
+def _check_sweep(sizes, reps, byte_budget, dtype) -> int:
+    """allreduce_bandwidth's arguments; returns the element size of dtype in bytes."""
+    fn = "allreduce_bandwidth"
+    item = torch.empty(0, dtype=dtype).element_size()
+    if not sizes or any(not isinstance(s, int) or s < item for s in sizes):
+        raise ValueError(f"{fn}: sizes must be a non-empty list of byte counts >= {item} "
+                         f"(one {dtype} element), got {sizes!r}")
+    _check_int(fn, "reps", reps, 1)
+    if byte_budget is not None and (not isinstance(byte_budget, int) or byte_budget < 1):
+        raise ValueError(f"{fn}: byte_budget must be a positive int or None, got {byte_budget!r}")
+    return item
+
+
+def _check_shard(fn: str, linear, rank: int, world_size: int, dim_name: str) -> int:
+    """A tensor-parallel layer's arguments; returns the block size along dim_name."""
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"{fn}: linear must be an nn.Linear, got {type(linear).__name__}")
+    _check_int(fn, "world_size", world_size, 1)
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"{fn}: rank must be in [0, {world_size - 1}], got {rank!r}")
+    size = getattr(linear, dim_name)
+    if size % world_size:
+        raise ValueError(f"{fn}: {dim_name} = {size} must be divisible by world_size = {world_size}")
+    return size // world_size
+
+
+def _check_mlp(fc1, fc2) -> None:
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)) or fc1.out_features != fc2.in_features:
+        raise ValueError(f"TensorParallelMLP: fc1 and fc2 must be nn.Linear with "
+                         f"fc1.out_features == fc2.in_features, got {fc1!r} and {fc2!r}")
+
+
+def _check_last_dim(fn: str, x: torch.Tensor, size: int, what: str) -> None:
+    if x.shape[-1] != size:
+        raise ValueError(f"{fn}: x must have {what} = {size}, got shape {tuple(x.shape)}")
 
 def draw_rank_buffers(ax, rows, title=None, *, fmt="{:g}", labels=None, highlight=None,
                       vmin=None, vmax=None):
@@ -258,7 +301,7 @@ def draw_rank_buffers(ax, rows, title=None, *, fmt="{:g}", labels=None, highligh
         if not np.isnan(v):
             text = labels[i][j] if labels is not None else fmt.format(v)
             dark = (v - lo) > 0.6 * (hi - lo)
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if dark else plotting.COLORS["ink"])
     ax.set_yticks(range(len(rows)), [f"rank {i}" for i in range(len(rows))])
     ax.set_xticks([])
@@ -275,18 +318,44 @@ def ring_chunk_indices(rank: int, step: int, n: int, phase: str) -> tuple[int, i
     reduce-scatter: ((r - s - 1) mod N, (r - s - 2) mod N); afterwards rank r holds the full
     reduction of chunk r. all-gather: ((r - s) mod N, (r - s - 1) mod N). Steps s = 0, ..., N - 2.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"ring_chunk_indices: n must be an int >= 1, got {n!r}")
-    if not isinstance(rank, int) or not 0 <= rank < n:
-        raise ValueError(f"ring_chunk_indices: rank must be in [0, {n - 1}], got {rank!r}")
-    if not isinstance(step, int) or not 0 <= step < max(n - 1, 1):
-        raise ValueError(f"ring_chunk_indices: step must be in [0, {n - 2}] (N - 1 steps per "
-                         f"phase), got {step!r}")
+    _check_ring_step(rank, step, n, phase)
     if phase == "reduce-scatter":
         return (rank - step - 1) % n, (rank - step - 2) % n
-    if phase == "all-gather":
-        return (rank - step) % n, (rank - step - 1) % n
-    raise ValueError(f"ring_chunk_indices: phase must be one of {RING_PHASES}, got {phase!r}")
+    return (rank - step) % n, (rank - step - 1) % n               # all-gather
+
+def draw_ring_circle(ax, n: int, step: int | None = None, phase: str = "reduce-scatter",
+                     title: str | None = None):
+    """Ranks 0..n-1 as numbered circles (rank 0 on top, clockwise), an arrow from each rank r to r+1
+    labelled with the chunk it sends at ``step`` of ``phase`` (``ring_chunk_indices``); with
+    ``step=None`` only the ranks are drawn."""
+    import math  # noqa: PLC0415
+
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from course_utils import plotting  # noqa: PLC0415
+
+    pos = [(math.sin(2 * math.pi * r / n), math.cos(2 * math.pi * r / n)) for r in range(n)]
+    nodes = [plt.Circle(p, 0.25, fc=plotting.COLORS["light"], ec=plotting.COLORS["ink"], lw=1, zorder=3)
+             for p in pos]
+    color = plotting.COLORS["orange" if phase == "reduce-scatter" else "blue"]
+    for r, ((x, y), node) in enumerate(zip(pos, nodes)):
+        ax.add_patch(node)
+        ax.text(x, y, str(r), ha="center", va="center", fontsize=11, fontweight="bold", zorder=4)
+        if step is None or n < 2:
+            continue
+        (x2, y2), bend = pos[(r + 1) % n], -0.3            # bend < 0: the arc bulges outwards
+        ax.annotate("", xy=(x2, y2), xytext=(x, y), zorder=2, arrowprops=dict(
+            arrowstyle="-|>", color=color, lw=1.6, patchA=node, patchB=nodes[(r + 1) % n],
+            connectionstyle=f"arc3,rad={bend}"))
+        # the middle of matplotlib's arc3 curve is the chord's middle + bend/2 · (dy, -dx)
+        mx, my = (x + x2) / 2 + 0.8 * bend * (y2 - y), (y + y2) / 2 - 0.8 * bend * (x2 - x)
+        chunk = ring_chunk_indices(r, step, n, phase)[0]
+        ax.text(mx, my, f"c{chunk}", ha="center", va="center", fontsize=10, color=color,
+                fontweight="bold", bbox=dict(fc="white", ec="none", pad=0.5), zorder=5)
+    ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
 
 def _ring_phase(chunks: list, phase: str, combine, stats, after_step=None) -> None:
     """The N-1 steps of one ring phase, in place on this rank's list of N chunks."""
@@ -308,10 +377,9 @@ def ring_reduce_scatter(chunks: list[torch.Tensor], op: str = "sum", *,
     """Reduce-scatter around the ring: rank ``r`` returns ``chunks[r]`` combined over all ranks
     with ``op``, as ``reduce_scatter`` does (chunk ``j`` has one shape on every rank). N-1 steps;
     each rank sends (N-1)/N of the chunks' bytes when they are equal."""
-    rank, n = _begin("ring_reduce_scatter", stats)
-    combine = _reduce_op("ring_reduce_scatter", op)
-    work = [c.clone().contiguous() for c in _pieces("ring_reduce_scatter", chunks, n)]
-    _ring_phase(work, "reduce-scatter", combine, stats)
+    rank, n = _begin("ring_reduce_scatter", stats, chunks=chunks, op=op)
+    work = [c.detach().clone().contiguous() for c in chunks]
+    _ring_phase(work, "reduce-scatter", REDUCE_OPS[op], stats)
     return work[rank]
 
 
@@ -332,18 +400,58 @@ def ring_all_reduce(x: torch.Tensor, op: str = "sum", *, stats: CommStats | None
     2(N-1) chunks, 2(N-1)/N · K bytes for a K-byte x when N divides its length. ``trace``, if a
     list, receives a copy of the flat buffer before the first step and after every step.
     """
-    rank, n = _begin("ring_all_reduce", stats, x=x)
-    combine = _reduce_op("ring_all_reduce", op)
-    if trace is not None and not isinstance(trace, list):
-        raise TypeError(f"ring_all_reduce: trace must be a list or None, got {type(trace).__name__}")
+    _, n = _begin("ring_all_reduce", stats, x=x, op=op, trace=trace)
     buf = x.detach().clone().contiguous().view(-1)       # (K,) flat copy
     chunks = list(buf.tensor_split(n))                    # N views into buf
     record = None if trace is None else (lambda: trace.append(buf.clone()))
     if record is not None:
         record()
-    _ring_phase(chunks, "reduce-scatter", combine, stats, record)
+    _ring_phase(chunks, "reduce-scatter", REDUCE_OPS[op], stats, record)
     _ring_phase(chunks, "all-gather", None, stats, record)
     return buf.view(x.shape)                              # same shape as x
+
+import re
+
+from course_utils.exercises import ExerciseError
+from course_utils.launch import RankError, run_distributed
+
+DEADLOCK_HINT = "a rank waits for a message no rank sends"
+
+
+def run_exercise_ranks(name: str, fn, n: int, *args, timeout: float = 10, where: str = "") -> list:
+    """``run_distributed(fn, n, *args, timeout=timeout)`` for an exercise checker. An unfinished
+    exercise (its stub raises NotImplementedError in the ranks) stays a NotImplementedError; ranks
+    that do not finish in ``timeout`` s, the usual symptom of a wrong send/recv schedule, become an
+    ExerciseError that names the likely deadlock; any other rank error becomes an ExerciseError
+    with that rank's last traceback line."""
+    where = f" ({where})" if where else ""
+    deadlock = (f"✗ {name}{where}: the ranks did not finish within {timeout:g} s. Likely a deadlock: "
+                f"{DEADLOCK_HINT} (a recv whose sender never sends in that round, or a send to a "
+                f"rank that never receives). Check that every recv has a matching send.")
+    try:
+        return run_distributed(fn, n, *args, timeout=timeout, echo=False)
+    except TimeoutError:
+        raise ExerciseError(deadlock) from None
+    except RankError as e:
+        lines = e.detail.strip().splitlines()
+        stub = [ln for ln in lines if ln.startswith("NotImplementedError: ")]
+        if stub:
+            raise NotImplementedError(stub[0].removeprefix("NotImplementedError: ")) from None
+        if any("timed out" in ln.lower() or "timeout" in ln.lower() for ln in lines[-3:]):
+            raise ExerciseError(deadlock) from None          # gloo's own receive timeout fired first
+        errors = [ln for ln in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit)\b", ln)]
+        raise ExerciseError(f"✗ {name}{where}: rank {e.rank} of {n} raised "
+                            f"{(errors or lines)[-1]}") from None
+
+
+def tree_broadcast_case(rank: int, n: int, src: int, tree_broadcast) -> tuple:
+    """Exercise 10.2's rank function: your tree_broadcast(x, src, stats) and dist.broadcast on
+    the same input; returns (yours, the library's, the messages this rank sent)."""
+    x = torch.arange(5.0) + 100 * rank                # each rank starts with different data
+    st, ref = CommStats(), x.clone()
+    yours = tree_broadcast(x.clone(), src, st)
+    dist.broadcast(ref, src)                          # the library's answer on the same input
+    return yours, ref, st.messages_sent
 
 BUS_FACTORS = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
                "reduce_scatter": lambda n: (n - 1) / n, "broadcast": lambda n: 1.0,
@@ -356,8 +464,7 @@ def bus_bandwidth(algbw: float, n: int, collective: str = "all_reduce") -> float
     if collective not in BUS_FACTORS:
         raise ValueError(f"bus_bandwidth: collective must be one of {sorted(BUS_FACTORS)}, "
                          f"got {collective!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"bus_bandwidth: n must be an int >= 1, got {n!r}")
+    _check_int("bus_bandwidth", "n", n, 1)
     return algbw * BUS_FACTORS[collective](n)
 
 
@@ -381,15 +488,7 @@ def allreduce_bandwidth(sizes, *, reps: int = 5, warmup: int = 1, device=None,
     the count depends only on the size, so every rank makes the same calls.
     """
     rank, n = _group("allreduce_bandwidth")
-    item = torch.empty(0, dtype=dtype).element_size()
-    if not sizes or any(not isinstance(s, int) or s < item for s in sizes):
-        raise ValueError(f"allreduce_bandwidth: sizes must be a non-empty list of byte counts "
-                         f">= {item} (one {dtype} element), got {sizes!r}")
-    if not isinstance(reps, int) or reps < 1:
-        raise ValueError(f"allreduce_bandwidth: reps must be an int >= 1, got {reps!r}")
-    if byte_budget is not None and (not isinstance(byte_budget, int) or byte_budget < 1):
-        raise ValueError(f"allreduce_bandwidth: byte_budget must be a positive int or None, "
-                         f"got {byte_budget!r}")
+    item = _check_sweep(sizes, reps, byte_budget, dtype)    # bytes per element
     device = torch.device(device or "cpu")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     dist.barrier()
@@ -449,16 +548,7 @@ class ReduceFromTPRegion(torch.autograd.Function):
 
 def _shard(fn: str, linear, rank: int, world_size: int, dim_name: str) -> slice:
     """This rank's contiguous block of ``linear``'s ``dim_name`` ('out_features' or 'in_features')."""
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"{fn}: linear must be an nn.Linear, got {type(linear).__name__}")
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"{fn}: world_size must be an int >= 1, got {world_size!r}")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"{fn}: rank must be in [0, {world_size - 1}], got {rank!r}")
-    size = getattr(linear, dim_name)
-    if size % world_size:
-        raise ValueError(f"{fn}: {dim_name} = {size} must be divisible by world_size = {world_size}")
-    k = size // world_size
+    k = _check_shard(fn, linear, rank, world_size, dim_name)     # block size; checks the inputs
     return slice(rank * k, (rank + 1) * k)
 
 
@@ -475,9 +565,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach()[rows].clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"ColumnParallelLinear: x must have last dimension in_features = "
-                             f"{self.in_features}, got shape {tuple(x.shape)}")
+        _check_last_dim("ColumnParallelLinear", x, self.in_features, "last dimension in_features")
         return F.linear(CopyToTPRegion.apply(x, self.all_reduce), self.weight, self.bias)
 
 class RowParallelLinear(nn.Module):
@@ -494,10 +582,8 @@ class RowParallelLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features_per_rank:
-            raise ValueError(f"RowParallelLinear: x must be this rank's slice with last dimension "
-                             f"in_features / world_size = {self.in_features_per_rank}, got shape "
-                             f"{tuple(x.shape)}")
+        _check_last_dim("RowParallelLinear", x, self.in_features_per_rank,   # this rank's slice
+                        "last dimension in_features / world_size")
         z = ReduceFromTPRegion.apply(F.linear(x, self.weight), self.all_reduce)
         return z if self.bias is None else z + self.bias
 
@@ -510,9 +596,7 @@ class TensorParallelMLP(nn.Module):
     def __init__(self, fc1: nn.Linear, fc2: nn.Linear, rank: int, world_size: int,
                  activation=F.gelu, all_reduce=None):
         super().__init__()
-        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)) or fc1.out_features != fc2.in_features:
-            raise ValueError(f"TensorParallelMLP: fc1 and fc2 must be nn.Linear with "
-                             f"fc1.out_features == fc2.in_features, got {fc1!r} and {fc2!r}")
+        _check_mlp(fc1, fc2)
         self.fc1 = ColumnParallelLinear(fc1, rank, world_size, all_reduce)
         self.fc2 = RowParallelLinear(fc2, rank, world_size, all_reduce)
         self.activation = activation

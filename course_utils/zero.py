@@ -89,6 +89,12 @@ def tiny_model(d: int = 8, hidden: int = 16, n_blocks: int = 3, seed: int = 0) -
     torch.manual_seed(seed)
     return nn.Sequential(*[Block(d, hidden) for _ in range(n_blocks)], nn.Linear(d, 1))
 
+import dataclasses
+import time
+
+from course_utils.collectives import CommStats, ring_all_gather, ring_all_reduce, ring_reduce_scatter
+
+
 def _world():
     """(rank, world size) of the default process group, or (0, 1) outside one."""
     if dist.is_available() and dist.is_initialized():
@@ -101,29 +107,58 @@ def _need_tensor(fn, name, t):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
-class CommCounter:
-    """torch.distributed's collectives, logging the bytes this rank sends under the ring algorithm.
+@dataclasses.dataclass(frozen=True)
+class CommEvent:
+    """One collective call, as CommCounter logged it (bytes counted at the sends and receives)."""
+    op: str          # "all_reduce", "reduce_scatter" or "all_gather"
+    tag: str         # what it moved, e.g. "grad 2" or "param 0 (forward)"
+    payload: int     # bytes of the whole buffer (the reduce-scatter's input, the all-gather's output)
+    sent: int        # bytes this rank sent during the call
+    received: int    # bytes this rank received during the call
+    start: float     # seconds since the counter's last reset()
+    end: float
 
-    A ring all-reduce of S bytes sends 2(N-1)/N·S bytes from every rank, a ring reduce-scatter
-    (input S bytes) or all-gather (output S bytes) (N-1)/N·S (Patarasuk & Yuan, 2009; notebook
-    10). `log` holds one (op, tag, payload bytes, bytes sent) tuple per call. Outside a process
-    group (one process) the collectives are copies and send nothing.
+
+class CommCounter:
+    """ZeRO's collectives on notebook 10's ring (send/recv between the processes), counted.
+
+    ``stats`` is notebook 10's CommStats, which adds up the bytes at every send and receive; ``log``
+    holds one CommEvent per call, ``marks`` the (label, seconds) pairs noted with ``mark()``. On a
+    ring a rank should send 2(N-1)/N·S bytes in an all-reduce of S bytes and (N-1)/N·S in a
+    reduce-scatter (input S) or all-gather (output S) (Patarasuk & Yuan, 2009): the counts are
+    checked against that, not computed from it. Outside a process group the collectives are
+    copies and send nothing.
     """
-    RING_FACTOR = {"all_reduce": 2, "reduce_scatter": 1, "all_gather": 1}
 
     def __init__(self):
         self.rank, self.n = _world()
-        self.log = []
+        self.stats = CommStats()
+        self.log, self.marks = [], []
+        self.t0 = time.perf_counter()
 
-    def _record(self, op, buf, tag):
-        payload = buf.numel() * buf.element_size()
-        self.log.append((op, tag, payload, self.RING_FACTOR[op] * (self.n - 1) * payload // self.n))
+    def _now(self):
+        return time.perf_counter() - self.t0
 
-    def all_reduce(self, t, *, tag="", async_op=False):
-        """Sum t over ranks in place; with async_op=True return the work handle (None alone)."""
+    def _record(self, op, tag, buf, since):
+        start, sent0, received0 = since
+        self.log.append(CommEvent(op, tag, buf.numel() * buf.element_size(),
+                                  self.stats.bytes_sent - sent0, self.stats.bytes_received - received0,
+                                  start, self._now()))
+
+    def _since(self):
+        return self._now(), self.stats.bytes_sent, self.stats.bytes_received
+
+    def mark(self, label: str) -> None:
+        """Note that a phase ("forward", "backward", "step", ...) begins now."""
+        self.marks.append((label, self._now()))
+
+    def all_reduce(self, t, *, tag=""):
+        """Sum t over ranks, in place."""
         _need_tensor("CommCounter.all_reduce", "t", t)
-        self._record("all_reduce", t, tag)
-        return dist.all_reduce(t, async_op=async_op) if self.n > 1 else None
+        since = self._since()
+        if self.n > 1:
+            t.copy_(ring_all_reduce(t, stats=self.stats))
+        self._record("all_reduce", tag, t, since)
 
 def _check_pair(fn, out, inp, n, full):
     _need_tensor(fn, "out", out)
@@ -138,23 +173,38 @@ def _check_pair(fn, out, inp, n, full):
 
 @add_to_class(CommCounter)
 def reduce_scatter(self, out, inp, *, tag=""):
-    """out (P/N,) = this rank's chunk of the sum over ranks of inp (P,)."""
+    """out (P/N,) = chunk `rank` of the sum over ranks of inp (P,): rank r gets chunk r."""
     _check_pair("CommCounter.reduce_scatter", out, inp, self.n, full="inp")
-    self._record("reduce_scatter", inp, tag)
-    reduce_scatter_flat(out, inp) if self.n > 1 else out.copy_(inp)
+    since = self._since()
+    if self.n > 1:
+        out.copy_(ring_reduce_scatter(list(inp.reshape(-1).chunk(self.n)), stats=self.stats))
+    else:
+        out.copy_(inp)
+    self._record("reduce_scatter", tag, inp, since)
 
 
 @add_to_class(CommCounter)
 def all_gather(self, out, inp, *, tag=""):
     """out (P,) = the ranks' inp (P/N,) laid end to end, rank 0 first."""
     _check_pair("CommCounter.all_gather", out, inp, self.n, full="out")
-    self._record("all_gather", out, tag)
-    all_gather_flat(out, inp) if self.n > 1 else out.copy_(inp)
+    since = self._since()
+    if self.n > 1:
+        out.copy_(torch.cat(ring_all_gather(inp.detach().reshape(-1), stats=self.stats)))
+    else:
+        out.copy_(inp)
+    self._record("all_gather", tag, out, since)
 
 
-CommCounter.bytes_sent = property(lambda self: sum(entry[3] for entry in self.log),
-                                  doc="Bytes this rank sent since the last reset().")
-CommCounter.reset = lambda self: self.log.clear()
+@add_to_class(CommCounter)
+def reset(self):
+    """Start a new log (and clock) at zero; the CommStats totals keep counting."""
+    self.log.clear()
+    self.marks.clear()
+    self.t0 = time.perf_counter()
+
+
+CommCounter.bytes_sent = property(lambda self: sum(e.sent for e in self.log),
+                                  doc="Bytes this rank sent since the last reset(), counted.")
 
 def adam_update_(p, g, m, v, step, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
     """One Adam step in place on p, m and v (Kingma & Ba, 2015, Algorithm 1, with bias correction).
@@ -234,7 +284,7 @@ class ZeroDataParallel:
         self.comm = CommCounter() if comm is None else comm
         self.layouts, self.params, self.m, self.v, self.grad_shards = [], [], [], [], []
         self.psi = self.psi_padded = self.t = 0
-        self._pending, self._done, self._reduced, self._gathered = [], set(), None, []
+        self._done, self._reduced, self._gathered = set(), None, []
         self.peak_transient = {"params": 0, "grads": 0}      # ZeRO-3 / ZeRO-2 measure these
         for u, unit in enumerate(self.units):
             full, layout = flatten_padded(unit, self.n)       # (P_u,), P_u a multiple of N
@@ -290,8 +340,8 @@ def _on_grad_ready(self, u):
 
 @add_to_class(ZeroDataParallel)
 def _ddp_reduce(self, u, p):
-    """DDP: start summing unit u's gradient over ranks now, while autograd runs earlier units."""
-    self._pending.append(self.comm.all_reduce(p.grad, tag=f"grad {u}", async_op=True))
+    """DDP: sum unit u's gradient over ranks now, before autograd goes on to earlier units."""
+    self.comm.all_reduce(p.grad, tag=f"grad {u}")
 
 @add_to_class(ZeroDataParallel)
 def _zero2_reduce(self, u, p):
@@ -361,9 +411,6 @@ def reduce_gradients(self):
     if self._reduced is None:
         if len(self._done) < len(self.units):
             raise RuntimeError("ZeroDataParallel: call loss.backward() before reduce_gradients()/step()")
-        for handle in self._pending:                              # DDP: wait for the all-reduces
-            if handle is not None:
-                handle.wait()
         out = []
         for u, p in enumerate(self.params):
             if self.stage == 1:                                   # ZeRO-1: reduce-scatter now
@@ -391,7 +438,7 @@ def step(self):
     for buf in [p.grad for p in self.params] + self.grad_shards:
         if buf is not None:
             buf.zero_()                                           # kept, like DDP's buckets
-    self._pending, self._done, self._reduced = [], set(), None
+    self._done, self._reduced = set(), None
 
 @add_to_class(ZeroDataParallel)
 def held_bytes(self):

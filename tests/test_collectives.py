@@ -7,6 +7,7 @@ bad-input error.
 """
 import importlib.util
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from course_utils import collectives as C
+from course_utils.exercises import ExerciseError
 from course_utils.launch import RankError, run_distributed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -410,3 +412,58 @@ def test_allreduce_bandwidth_byte_budget_caps_the_timed_calls():
     rows = launch(fn, 2)
     assert [r["reps"] for r in rows[0]] == [r["reps"] for r in rows[1]]   # every rank made the same calls
     assert {r["bytes"]: r["reps"] for r in rows[0]} == {1024: 5, 4096: 2, 65536: 1}
+
+
+# ------------------------------------------------------------------ the exercise checker's launcher
+def _recv_first_broadcast(x, src, stats):
+    """A wrong Exercise 10.2 answer: every rank first waits for its left neighbour; nobody sends."""
+    rank, n = dist.get_rank(), dist.get_world_size()
+    return C.counted_recv(x, (rank - 1) % n, stats)
+
+
+def test_exercise_10_2_checker_names_a_deadlock_within_15_s():
+    t0 = time.monotonic()
+    with pytest.raises(ExerciseError, match=re.escape(C.DEADLOCK_HINT)) as info:
+        C.run_exercise_ranks("Exercise 10.2", C.tree_broadcast_case, 3, 2, _recv_first_broadcast,
+                             timeout=10, where="N=3, src=2")
+    assert time.monotonic() - t0 < 15, f"the checker took {time.monotonic() - t0:.1f} s"
+    assert "Exercise 10.2 (N=3, src=2)" in str(info.value) and "within 10 s" in str(info.value)
+
+
+def _stub_broadcast(x, src, stats):
+    raise NotImplementedError("Exercise 10.2: your code goes here")
+
+
+def _crashing_broadcast(x, src, stats):
+    return x[10]                                       # IndexError on every rank
+
+
+def test_exercise_checker_keeps_a_stub_and_names_a_crash():
+    with pytest.raises(NotImplementedError, match="Exercise 10.2: your code goes here"):
+        C.run_exercise_ranks("Exercise 10.2", C.tree_broadcast_case, 2, 0, _stub_broadcast)
+    with pytest.raises(ExerciseError, match=r"Exercise 10.2: rank \d of 2 raised IndexError"):
+        C.run_exercise_ranks("Exercise 10.2", C.tree_broadcast_case, 2, 0, _crashing_broadcast)
+
+
+def _star_broadcast(x, src, stats):
+    """Right values, wrong schedule: the root sends to every rank itself (N - 1 messages)."""
+    return C.broadcast(x, src, stats=stats)
+
+
+def test_exercise_10_2_case_runs_the_answer_beside_dist_broadcast():
+    res = C.run_exercise_ranks("Exercise 10.2", C.tree_broadcast_case, 3, 1, _star_broadcast)
+    for yours, ref, _ in res:
+        assert_close(yours, ref, atol=0, rtol=0)
+    assert res[1][2] == 2                              # a star root sends N - 1 = 2 messages, not ceil(log2 3)
+
+
+def test_draw_ring_circle_labels_each_arrow_with_the_chunk_it_sends():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    C.draw_ring_circle(ax, 5, 2, "all-gather")
+    labels = [t.get_text() for t in ax.texts if t.get_text().startswith("c")]
+    assert labels == [f"c{C.ring_chunk_indices(r, 2, 5, 'all-gather')[0]}" for r in range(5)]
+    assert all(t.get_fontsize() >= 9 for t in ax.texts)
+    plt.close(fig)

@@ -3,7 +3,7 @@
 Every stage (DDP, ZeRO-1, ZeRO-2, ZeRO-3) runs on 2, 3 and 4 real processes (gloo) with an
 awkward model (units of 81 and 6 parameters, so the flat buffers need padding) and is compared
 with single-process torch.optim.Adam: outputs, reduced gradients and weights after a few steps;
-bytes sent and held against the formulas; the ZeRO paper's numbers; adam_update_ against
+bytes sent (counted at the ring's sends) and held against the formulas; the ZeRO paper's numbers; adam_update_ against
 torch.optim.Adam on awkward shapes and dtypes; PeakMemory; and every bad-input error.
 """
 import re
@@ -50,20 +50,25 @@ def train_all(rank, n):
     for stage in Z.STAGE_NAMES:
         comm = Z.CommCounter()
         dp = Z.ZeroDataParallel(Z.tiny_model(**MODEL), stage, lr=LR, comm=comm)
-        sent = []
+        sent, received = [], []
         for t in range(STEPS):
             comm.reset()
+            comm.mark("forward")
             pred = dp(x)
             if t == 0:
                 out0 = pred.detach().clone()
+            comm.mark("backward")
             F.mse_loss(pred, y).backward()
+            comm.mark("step")
             if t == 0:
                 grads0 = [g.clone() for g in dp.reduce_gradients()]
             dp.step()
             sent.append(comm.bytes_sent)
+            received.append(sum(e.received for e in comm.log))
         out[stage] = dict(out0=out0, grads0=grads0, params=dp.full_parameters(), sent=sent,
+                          received=received, log=list(comm.log), marks=list(comm.marks),
                           held=dp.held_bytes(), psi=dp.psi, psi_padded=dp.psi_padded,
-                          peak=dict(dp.peak_transient))
+                          peak=dict(dp.peak_transient), messages=comm.stats.messages_sent)
     return out
 
 
@@ -105,12 +110,43 @@ def test_weights_after_k_steps_equal_single_process_adam(runs, ref, stage, n):
 
 
 @pytest.mark.parametrize("stage, n", CASES)
-def test_bytes_sent_per_step_match_the_formula(runs, stage, n):
+def test_counted_bytes_sent_per_step_equal_the_closed_forms(runs, stage, n):
+    """The bytes the ring passed to send (counted by CommStats) against 2(N-1)/N·P·4 (DDP, ZeRO-1,
+    ZeRO-2) and 3(N-1)/N·P·4 (ZeRO-3), written out here rather than taken from the module."""
+    P = sum(-(-k // n) * n for k in (81, 81, 6))                   # padded: 84 + 84 + 8 at N = 4
+    factor = 3 if stage == 3 else 2
     for res in runs[n]:
         r = res[stage]
-        want = Z.comm_bytes_per_step(r["psi_padded"], n, stage, elem_bytes=4)
-        assert r["sent"] == [want] * STEPS
-    assert runs[n][0][stage]["psi_padded"] == sum(-(-k // n) * n for k in (81, 81, 6))
+        assert r["psi_padded"] == P
+        assert r["sent"] == [factor * (n - 1) * P * 4 // n] * STEPS
+        assert r["sent"] == [Z.comm_bytes_per_step(P, n, stage, elem_bytes=4)] * STEPS
+    per_step = [sum(res[stage]["received"][t] for res in runs[n]) for t in range(STEPS)]
+    assert per_step == [sum(res[stage]["sent"][t] for res in runs[n]) for t in range(STEPS)]
+
+
+@pytest.mark.parametrize("stage, n", CASES)
+def test_bytes_are_sent_as_ring_messages(runs, stage, n):
+    """Each ring collective sends N - 1 messages per phase (one per step), 3 units of 3 and one
+    all-reduce (2 phases) or reduce-scatter + all-gather (2) or 2 gathers + 1 reduce-scatter (3)."""
+    phases = 3 if stage == 3 else 2
+    for res in runs[n]:
+        assert res[stage]["messages"] == STEPS * 3 * phases * (n - 1)
+
+
+PHASES = {0: {("all_reduce", "backward")},
+          1: {("reduce_scatter", "step"), ("all_gather", "step")},
+          2: {("reduce_scatter", "backward"), ("all_gather", "step")},
+          3: {("all_gather", "forward"), ("all_gather", "backward"), ("reduce_scatter", "backward")}}
+
+
+@pytest.mark.parametrize("stage, n", CASES)
+def test_the_log_puts_each_collective_in_its_phase(runs, stage, n):
+    for res in runs[n]:
+        r = res[stage]
+        phases = {(e.op, [label for label, t in r["marks"] if t <= e.start][-1]) for e in r["log"]}
+        assert phases == PHASES[stage]
+        assert all(0 <= e.start <= e.end for e in r["log"])
+        assert [e.start for e in r["log"]] == sorted(e.start for e in r["log"])
 
 
 @pytest.mark.parametrize("stage, n", CASES)
@@ -156,16 +192,17 @@ def collectives(rank, n):
 
 
 @pytest.mark.parametrize("n", (2, 3, 4))
-def test_comm_counter_collectives_and_ring_bytes(n):
+def test_comm_counter_collectives_and_counted_ring_bytes(n):
     for res in run_distributed(collectives, n, timeout=60):
         shard, ref_rs, full, ref_ag, y, ref_ar, log = res
         assert_close(shard, ref_rs, atol=0, rtol=0)
         assert_close(full, ref_ag, atol=0, rtol=0)
         assert_close(y, ref_ar, atol=0, rtol=0)
-        b = 6 * n * 8
-        assert log == [("reduce_scatter", "rs", b, (n - 1) * b // n),
-                       ("all_gather", "ag", b, (n - 1) * b // n),
-                       ("all_reduce", "ar", b, 2 * (n - 1) * b // n)]
+        b = 6 * n * 8                                        # payload: 6N float64
+        assert [(e.op, e.tag, e.payload, e.sent, e.received) for e in log] == [
+            ("reduce_scatter", "rs", b, (n - 1) * b // n, (n - 1) * b // n),
+            ("all_gather", "ag", b, (n - 1) * b // n, (n - 1) * b // n),
+            ("all_reduce", "ar", b, 2 * (n - 1) * b // n, 2 * (n - 1) * b // n)]
 
 
 def test_comm_counter_alone_copies_and_sends_nothing():
@@ -174,8 +211,9 @@ def test_comm_counter_alone_copies_and_sends_nothing():
     comm.reduce_scatter(out, torch.arange(5.0))
     assert_close(out, torch.arange(5.0))
     assert comm.n == 1 and comm.bytes_sent == 0 and len(comm.log) == 1
+    comm.mark("x")
     comm.reset()
-    assert comm.log == []
+    assert comm.log == [] and comm.marks == []
 
 
 # ------------------------------------------------------------------ formulas
