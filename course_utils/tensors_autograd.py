@@ -8,9 +8,7 @@ import torch
 
 def flat_storage(t: torch.Tensor) -> torch.Tensor:
     """The whole storage under ``t`` as a 1-D tensor of ``t``'s dtype (shares memory with ``t``)."""
-    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-        raise TypeError(f"flat_storage: expected a strided (dense) torch.Tensor, got {type(t).__name__}"
-                        + (f" with layout {t.layout}" if isinstance(t, torch.Tensor) else ""))
+    _require_strided("flat_storage", t)
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage())
 
 
@@ -18,15 +16,20 @@ def element_addresses(t: torch.Tensor) -> torch.Tensor:
     """Storage index of every element: ``offset + Σ_k i_k·stride_k``, an int64 tensor shaped like ``t``.
 
     The strided layout of PyTorch's tensors (docs: "Tensor Views", ``torch.Tensor.stride``)."""
-    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-        raise TypeError(f"element_addresses: expected a strided (dense) torch.Tensor, got "
-                        f"{type(t).__name__}" + (f" with layout {t.layout}" if isinstance(t, torch.Tensor) else ""))
+    _require_strided("element_addresses", t)
     addr = torch.full(t.shape, t.storage_offset(), dtype=torch.int64)
     for k, (n, s) in enumerate(zip(t.shape, t.stride())):
         axis = [1] * t.dim()
-        axis[k] = n
-        addr = addr + (torch.arange(n) * s).view(axis)   # broadcast i_k·s_k along dimension k
+        axis[k] = n                                      # shape (1, ..., n, ..., 1)
+        addr = addr + (torch.arange(n) * s).view(axis)   # broadcasts i_k·s_k along dimension k
     return addr
+
+
+def _require_strided(fn: str, t) -> None:
+    """Input validation: ``t`` must be a dense (strided) tensor."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        raise TypeError(f"{fn}: expected a strided (dense) torch.Tensor, got {type(t).__name__}"
+                        + (f" with layout {t.layout}" if isinstance(t, torch.Tensor) else ""))
 
 import itertools
 
@@ -61,7 +64,7 @@ def draw_storage(t: torch.Tensor, *, title: str | None = None):
                          + (f"{t.numel()}" if isinstance(t, torch.Tensor) else type(t).__name__))
     readers, grid = storage_readers(t), address_blocks(t)
     n, (R, width), C = len(readers), grid.shape, (t.shape[-1] if t.dim() else 1)
-    fig, (top, bot) = plotting.figure(2, 1, width=0.4 * max(width, n) + 1.2, height=0.42 * R + 2.4,
+    fig, (top, bot) = plotting.figure(2, 1, width=0.5 * max(width, n) + 1.2, height=0.5 * R + 2.6,
                                       gridspec_kw={"height_ratios": [R + 0.8 * (t.dim() > 2), 1.6]})
     strip = np.array([[a if r else np.nan for a, r in enumerate(readers)]])   # (1, n); NaN: never read
     for ax, values, texts in ((top, grid, {ij: str(int(a)) for ij, a in np.ndenumerate(grid) if not np.isnan(a)}),
@@ -69,11 +72,11 @@ def draw_storage(t: torch.Tensor, *, title: str | None = None):
                                             for a, r in enumerate(readers) if r})):
         plotting.draw_grid(ax, values, annotate=False, vmin=-0.3 * n, vmax=n - 1)   # same colours
         for (i, j), text in texts.items():
-            ax.text(j, i, text, ha="center", va="center", fontsize=8 if len(text) < 4 else 6,
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if values[i, j] > 0.5 * n else plotting.COLORS["ink"])
     top.set_xticks([j for j in range(width) if j % (C + 1) < C], [str(j % (C + 1)) for j in range(width) if j % (C + 1) < C])
     for b, lead in enumerate(itertools.product(*map(range, t.shape[:-2])) if t.dim() > 2 else ()):
-        top.text(b * (C + 1) + (C - 1) / 2, -0.8, "[" + ", ".join(map(str, lead)) + ", :, :]", ha="center", fontsize=8)
+        top.text(b * (C + 1) + (C - 1) / 2, -0.8, "[" + ", ".join(map(str, lead)) + ", :, :]", ha="center", fontsize=9)
     top.set_title(title or f"{tuple(t.shape)}: each cell = its storage address", pad=26 if t.dim() > 2 else 6)
     bot.set_yticks([])
     bot.set_xlabel("storage address (numbers inside: reading order)")

@@ -161,3 +161,86 @@ def test_error_names_the_function():
         rms_norm(torch.randn(2, 8), torch.ones(3))
     with pytest.raises(ValueError, match=r"^layer_norm: "):
         layer_norm(torch.randn(2, 8), torch.ones(3), None)
+
+
+# ---- Exercise 2.3 (chunked variance): its checker must reject the E[x²] − μ² shortcut ----------
+
+def _exercise_cell(title):
+    import nbformat
+    from pathlib import Path
+    nb = nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / "02_norms.ipynb", as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(f"# {title} ")]
+    assert len(cells) == 1, f"{title}: expected one exercise cell, found {len(cells)}"
+    return cells[0]
+
+
+def _run_with_solution(src, body, extra_globals=None):
+    """Run an exercise cell with its solution block replaced by ``body`` (4-space indented), in a
+    fresh namespace that holds only the notebook's set-up imports and ``extra_globals``."""
+    from course_utils.exercises import BEGIN, END, check_function
+    head, rest = src.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    head = head[: head.rfind("\n") + 1]                      # drop the marker line's indentation
+    tail = tail[tail.find("\n") + 1:]
+    code = head + "".join("    " + ln + "\n" for ln in body.strip("\n").splitlines()) + tail
+    ns = {"torch": torch, "check_function": check_function, **(extra_globals or {})}
+    exec(compile(code, "<Exercise 2.3>", "exec"), ns)
+
+
+NAIVE_VARIANCES = {
+    "E[x²] − μ² over the row": "return (x * x).mean(-1) - x.mean(-1) ** 2",
+    "running sums of x and x² per chunk": """
+s1 = s2 = 0
+for start in range(0, x.shape[-1], chunk):
+    xb = x[..., start:start + chunk]
+    s1, s2 = s1 + xb.sum(-1), s2 + (xb * xb).sum(-1)
+n = x.shape[-1]
+return s2 / n - (s1 / n) ** 2""",
+}
+
+
+@pytest.mark.parametrize("naive", list(NAIVE_VARIANCES))
+@pytest.mark.parametrize("global_x", [None, "benign", "mean-1000"])
+def test_exercise_2_3_rejects_the_one_pass_formula(naive, global_x):
+    """The counterexample lives in the checker's own cases (rows of mean 1000 in float32), so the
+    shortcut fails whatever a global ``x`` holds when the cell runs."""
+    from course_utils.exercises import ExerciseError
+    extra = {None: {}, "benign": {"x": torch.randn(8, 16)},
+             "mean-1000": {"x": torch.randn(8, 4096) + 1000}}[global_x]
+    with pytest.raises(ExerciseError, match="Exercise 2.3"):
+        _run_with_solution(_exercise_cell("Exercise 2.3"), NAIVE_VARIANCES[naive], extra)
+
+
+def test_exercise_2_3_solution_passes_and_the_counterexample_is_real(capsys):
+    src = _exercise_cell("Exercise 2.3")
+    body = src.split("### BEGIN SOLUTION", 1)[1].split("### END SOLUTION", 1)[0]
+    body = "\n".join(ln[4:] for ln in body.strip("\n").splitlines())
+    _run_with_solution(src, body, {"x": torch.randn(8, 16)})
+    assert "✓ Exercise 2.3" in capsys.readouterr().out
+    # the reason: in float32, E[x²] ≈ 10⁶ has a spacing of 0.0625, so E[x²] − μ² loses the variance ≈ 1
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(8, 4096, generator=g, dtype=torch.float64) + 1000).float()
+    ref = x.double().var(-1, unbiased=False)
+    naive = ((x * x).mean(-1) - x.mean(-1) ** 2).double()
+    assert ((naive - ref).abs() / ref).max() > 0.03
+
+
+# ---- the drawing helpers of the appendix --------------------------------------------------------
+
+def test_drawing_helpers_draw_and_reject_bad_placements():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_utils.norms import (draw_gradient_profiles, draw_norm_groups, draw_residual_wiring,
+                                    draw_top_vs_depth)
+    fig, axes = plt.subplots(1, 5)
+    for ax, placement in zip(axes, ["post", "pre"]):
+        draw_residual_wiring(ax, placement)
+    draw_norm_groups(axes[2], torch.arange(3 * 4 * 6).view(3, 4, 6) // 6, title="LayerNorm")
+    draw_gradient_profiles(axes[3], {"post": torch.rand(3, 6), "pre": torch.rand(3, 6)})
+    draw_top_vs_depth(axes[4], [6, 12, 24], {"post": torch.tensor([0.3, 0.3, 0.4]),
+                                              "pre": torch.tensor([0.1, 0.07, 0.05])})
+    with pytest.raises(ValueError, match="placement must be 'post' or 'pre'"):
+        draw_residual_wiring(axes[0], "sandwich")
+    plt.close(fig)

@@ -104,6 +104,24 @@ def test_draw_storage_draws(make):
     plt.close(fig)
 
 
+@pytest.mark.parametrize("shape", [(3, 4), (4, 6), (2, 3, 4)])
+@pytest.mark.parametrize("op", [lambda t: t, lambda t: t.transpose(-2, -1), lambda t: t[..., ::2],
+                                lambda t: t.permute(*range(t.dim() - 1, -1, -1)),
+                                lambda t: t.unsqueeze(0).expand(2, *t.shape)])
+def test_draw_storage_figures_stay_readable(shape, op, tmp_path):
+    """The notebook's widget draws these views; each PNG (at the course's 120 dpi) must be at most
+    4.5 times as wide as it is high and at least 200 px high, as test_notebooks asks of saved ones."""
+    import PIL.Image
+
+    from course_utils import plotting
+    plotting.use_style()
+    fig = draw_storage(op(torch.arange(torch.Size(shape).numel()).view(shape)))
+    fig.savefig(tmp_path / "f.png")
+    plt.close(fig)
+    w, h = PIL.Image.open(tmp_path / "f.png").size
+    assert h >= 200 and w <= 4.5 * h, (w, h)
+
+
 def test_draw_storage_bad_inputs():
     with pytest.raises(ValueError, match="1 to 400 elements"):
         draw_storage(torch.zeros(0))
