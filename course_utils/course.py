@@ -14,23 +14,23 @@ class Lesson:
     id: str                    # "07"
     file: str                  # "07_flash_attention.ipynb"
     title: str
-    minutes: int               # reading time, roughly
+    minutes: int               # time with the exercises, by tools/pacing.py's rule (README)
     requires: tuple[str, ...]  # direct prerequisites (ids)
     part: str                  # "basics", "model", "kernels", "distributed", "rl"
 
 
 LESSONS = (
-    Lesson("00", "00_start_here.ipynb", "Start here", 10, (), "basics"),
-    Lesson("01", "01_tensors_autograd.ipynb", "Tensors and autograd", 50, ("00",), "basics"),
-    Lesson("02", "02_norms.ipynb", "Norms, residuals, dropout", 35, ("01",), "model"),
-    Lesson("03", "03_rope.ipynb", "RoPE", 40, ("01",), "model"),
-    Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 55, ("02", "03"), "model"),
-    Lesson("05", "05_moe.ipynb", "MoE routing", 40, ("01",), "model"),
-    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 60, ("04",), "kernels"),
-    Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 50, ("01",), "distributed"),
-    Lesson("11", "11_zero.ipynb", "ZeRO", 50, ("10",), "distributed"),
-    Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 45, ("10",), "distributed"),
-    Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 40, ("01",), "rl"),
+    Lesson("00", "00_start_here.ipynb", "Start here", 50, (), "basics"),
+    Lesson("01", "01_tensors_autograd.ipynb", "Tensors and autograd", 150, ("00",), "basics"),
+    Lesson("02", "02_norms.ipynb", "Norms, residuals, dropout", 180, ("01",), "model"),
+    Lesson("03", "03_rope.ipynb", "RoPE", 150, ("01",), "model"),
+    Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 190, ("02", "03"), "model"),
+    Lesson("05", "05_moe.ipynb", "MoE routing", 205, ("01",), "model"),
+    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 215, ("04",), "kernels"),
+    Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 210, ("01",), "distributed"),
+    Lesson("11", "11_zero.ipynb", "ZeRO", 200, ("10",), "distributed"),
+    Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 170, ("10",), "distributed"),
+    Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 185, ("01",), "rl"),
 )
 _BY_ID = {x.id: x for x in LESSONS}
 
@@ -63,20 +63,22 @@ def draw_course_map(ax=None, highlight: str | None = None):
     part_color = {"basics": COLORS["light"], "model": "#DCEBFA", "kernels": "#FCE9D6",
                   "distributed": "#DDF2EA", "rl": "#F3E1EC"}
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 4.6))
+        _, ax = plt.subplots(figsize=(12, 5.6))
     colors = {x.id: part_color[x.part] for x in LESSONS}
     if highlight is not None:
         for p in prerequisites(highlight):
             colors[p] = COLORS["orange"]
         colors[lesson(highlight).id] = COLORS["red"]
-    labels = {x.id: f"{x.id} {x.title}\n~{x.minutes} min" for x in LESSONS}
+    labels = {x.id: f"{x.id} {x.title}\n~{x.minutes // 60} h {x.minutes % 60:02d}" if x.minutes >= 60
+              else f"{x.id} {x.title}\n~{x.minutes} min" for x in LESSONS}
     labels = {k: v.replace(": MHA → MQA → GQA → MLA", "\nMHA→MQA→GQA→MLA").replace(
         " with real processes", "\nwith real processes").replace(
         " and the Bellman equations", "\n& Bellman").replace(", residuals, dropout", ",\nresiduals, dropout").replace(
-        " in Triton", "\nin Triton").replace(" and autograd", "\nand autograd")
+        " in Triton", "\nin Triton").replace(" and autograd", "\nand autograd").replace(
+        "Pipeline schedules", "Pipeline\nschedules")
         for k, v in labels.items()}
     edges = [(r, x.id) for x in LESSONS for r in x.requires]
-    draw_dag(ax, [x.id for x in LESSONS], edges, labels=labels, colors=colors, box_width=1.5,
+    draw_dag(ax, [x.id for x in LESSONS], edges, labels=labels, colors=colors, box_width=1.85,
              box_height=0.62, gap=0.45, fontsize=9)
     title = "Course map" + (f": what to finish before {highlight}" if highlight else "")
     ax.set_title(title)

@@ -59,8 +59,14 @@ def _is_exercise(cell) -> bool:
     return cell.cell_type == "code" and bool(EXERCISE.match(cell.source))
 
 
+def _prose(cell) -> str:
+    """A markdown cell's text without the time line this tool writes (so applying it twice gives
+    the same estimate)."""
+    return OLD_TIME.sub("", TIME_LINE.sub("", cell.source))
+
+
 def _minutes(cells) -> float:
-    words = sum(len(c.source.split()) for c in cells if c.cell_type == "markdown")
+    words = sum(len(_prose(c).split()) for c in cells if c.cell_type == "markdown")
     lines = sum(1 for c in cells if c.cell_type == "code" for ln in c.source.splitlines() if ln.strip())
     return words / WORDS_PER_MIN + lines / LINES_PER_MIN
 
