@@ -114,9 +114,11 @@ def test_learner_notebook_fails_only_at_exercise_cells(path, tmp_path):
                             on_cell_executed=mark("cell replied"), on_notebook_complete=mark("done"))
     client.execute()
     events.append(("kernel shut down", None, time.monotonic()))
-    # Rarely (about once in ten full runs, cause not yet found) one of these runs waits about
-    # 120 s, nbclient's timeout, and then carries on without error. Name the slow step in the
-    # warnings summary so the next occurrence in CI says where the time went.
+    # These runs used to wait about 120 s (nbclient's timeout) at a widget cell now and then and
+    # carry on without error: nbclient mirrored ipywidgets' Output widget by sending on the shell
+    # socket while it polled that socket for the cell's reply, and missed the reply. interact_figure
+    # no longer uses an Output widget (tests/test_plotting.py checks); should a long wait come
+    # back, the warnings summary names the step.
     gaps = sorted(((t1 - t0, what, i) for (_, _, t0), (what, i, t1) in zip(events, events[1:])), reverse=True)
     if gaps[0][0] > 30:
         warnings.warn(f"{path.name}: {gaps[0][0]:.0f} s passed before {gaps[0][1]!r} (cell {gaps[0][2]}); "
