@@ -27,8 +27,9 @@ LESSONS = (
     Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 190, ("02", "03"), "model"),
     Lesson("05", "05_moe.ipynb", "MoE routing", 205, ("01",), "model"),
     Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 215, ("04",), "kernels"),
+    Lesson("08", "08_precision.ipynb", "Precision and counting", 205, ("01",), "kernels"),
     Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 210, ("01",), "distributed"),
-    Lesson("11", "11_zero.ipynb", "ZeRO", 200, ("10",), "distributed"),
+    Lesson("11", "11_zero.ipynb", "ZeRO", 200, ("08", "10"), "distributed"),
     Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 170, ("10",), "distributed"),
     Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 185, ("01",), "rl"),
 )
@@ -74,7 +75,7 @@ def draw_course_map(ax=None, highlight: str | None = None):
     labels = {k: v.replace(": MHA → MQA → GQA → MLA", "\nMHA→MQA→GQA→MLA").replace(
         " with real processes", "\nwith real processes").replace(
         " and the Bellman equations", "\n& Bellman").replace(", residuals, dropout", ",\nresiduals, dropout").replace(
-        " in Triton", "\nin Triton").replace(" and autograd", "\nand autograd").replace(
+        " in Triton", "\nin Triton").replace(" and counting", "\nand counting").replace(" and autograd", "\nand autograd").replace(
         "Pipeline schedules", "Pipeline\nschedules")
         for k, v in labels.items()}
     edges = [(r, x.id) for x in LESSONS for r in x.requires]
