@@ -26,11 +26,12 @@ LESSONS = (
     Lesson("03", "03_rope.ipynb", "RoPE", 150, ("01",), "model"),
     Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 190, ("02", "03"), "model"),
     Lesson("05", "05_moe.ipynb", "MoE routing", 205, ("01",), "model"),
-    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 215, ("04",), "kernels"),
+    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 240, ("04",), "kernels"),
     Lesson("08", "08_precision.ipynb", "Precision and counting", 205, ("01",), "kernels"),
+    Lesson("09", "09_inference.ipynb", "Inference", 210, ("04", "08"), "kernels"),
     Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 210, ("01",), "distributed"),
-    Lesson("11", "11_zero.ipynb", "ZeRO", 200, ("08", "10"), "distributed"),
-    Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 170, ("10",), "distributed"),
+    Lesson("11", "11_zero.ipynb", "ZeRO", 295, ("08", "10"), "distributed"),
+    Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 200, ("10",), "distributed"),
     Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 185, ("01",), "rl"),
 )
 _BY_ID = {x.id: x for x in LESSONS}
