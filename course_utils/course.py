@@ -31,6 +31,7 @@ LESSONS = (
     Lesson("09", "09_inference.ipynb", "Inference", 210, ("04", "08"), "kernels"),
     Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 210, ("01",), "distributed"),
     Lesson("11", "11_zero.ipynb", "ZeRO", 295, ("08", "10"), "distributed"),
+    Lesson("12", "12_parallelism.ipynb", "Parallelism beyond data", 225, ("05", "07", "10"), "distributed"),
     Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 200, ("10",), "distributed"),
     Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 185, ("01",), "rl"),
 )
@@ -77,7 +78,7 @@ def draw_course_map(ax=None, highlight: str | None = None):
         " with real processes", "\nwith real processes").replace(
         " and the Bellman equations", "\n& Bellman").replace(", residuals, dropout", ",\nresiduals, dropout").replace(
         " in Triton", "\nin Triton").replace(" and counting", "\nand counting").replace(" and autograd", "\nand autograd").replace(
-        "Pipeline schedules", "Pipeline\nschedules")
+        "Pipeline schedules", "Pipeline\nschedules").replace(" beyond data", "\nbeyond data")
         for k, v in labels.items()}
     edges = [(r, x.id) for x in LESSONS for r in x.requires]
     draw_dag(ax, [x.id for x in LESSONS], edges, labels=labels, colors=colors, box_width=1.85,

@@ -22,9 +22,16 @@ def _name(a):
 
 
 def format_schedule(schedule) -> str:
-    """One line per rank with its actions in order, e.g. 'rank 0: F0 F1 B0 B1'."""
-    return "\n".join(f"rank {r}: " + " ".join(_name(a) for a in acts)
-                     for r, acts in enumerate(schedule))
+    """One line per rank with its actions in order, e.g. 'rank 0: F0 F1 B0 B1'. A schedule that
+    marks overlapped forward-backward pairs (``dualpipe``'s) writes each pair as 'F5&B1.1'."""
+    pairs = getattr(schedule, "overlapped", None)
+    lines = []
+    for r, acts in enumerate(schedule):
+        names = [_name(a) for a in acts]
+        for i in sorted(pairs[r] if pairs else (), reverse=True):
+            names[i:i + 2] = [names[i] + "&" + names[i + 1]]
+        lines.append(f"rank {r}: " + " ".join(names))
+    return "\n".join(lines)
 
 def _parse(schedule, where):
     """Check the format of a schedule; return (p, m, v, has_w)."""
@@ -46,26 +53,52 @@ def _parse(schedule, where):
     return len(schedule), m, v, has_w
 
 
-def _deps(a, r, p, v):
-    """The (rank, action) pairs that action a of rank r waits for. Chunk c of rank r is stage
-    c·p + r (Megatron-LM's interleaved placement); p·v - 1 is the last stage."""
+def _deps(a, r, p, v, placement="interleaved"):
+    """The (rank, action) pairs that action a of rank r waits for. Interleaved placement: chunk c
+    of rank r is stage c·p + r (Megatron-LM's), p·v - 1 is the last stage. Dual placement
+    (DualPipe, section 9): chunk 0 of rank r is stage r of a model copy fed at rank 0, chunk 1 is
+    stage p - 1 - r of a second copy fed at rank p - 1, so chunk-1 microbatches flow upwards."""
     kind, j, c = a
+    if kind == "W":
+        return [(r, ("B", j, c))]
+    if placement == "dual":
+        step, first, last = (1, 0, p - 1) if c == 0 else (-1, p - 1, 0)
+        if kind == "F":
+            return [] if r == first else [(r - step, ("F", j, c))]
+        own = [(r, ("F", j, c))]
+        return own if r == last else own + [(r + step, ("B", j, c))]
     s, last = c * p + r, p * v - 1
     if kind == "F":
         return [] if s == 0 else [((s - 1) % p, ("F", j, (s - 1) // p))]
-    if kind == "B":
-        own = [(r, ("F", j, c))]
-        return own if s == last else own + [((s + 1) % p, ("B", j, (s + 1) // p))]
-    return [(r, ("B", j, c))]
+    own = [(r, ("F", j, c))]
+    return own if s == last else own + [((s + 1) % p, ("B", j, (s + 1) // p))]
 
-def _run(schedule, cost, t_comm, where):
-    """Run the schedule as a dataflow: each rank takes its actions in order and starts one as soon
-    as the rank is free and the actions it waits for have ended (plus t_comm when they ran on
-    another rank). Returns (p, m, v, has_w, start, end), times keyed by (rank, action). Raises
-    ValueError for a missing or repeated action and for a deadlock."""
-    p, m, v, has_w = _parse(schedule, where)
-    kinds = KINDS if has_w else ("F", "B")
-    want = {(k, j, c) for k in kinds for j in range(m) for c in range(v)}
+
+def _placement(schedule, placement, where):
+    """The placement to run a schedule with: the one it carries (``dualpipe``'s carries 'dual'),
+    unless one is given."""
+    pl = getattr(schedule, "placement", "interleaved") if placement is None else placement
+    if pl not in ("interleaved", "dual"):
+        raise ValueError(f"{where}: placement must be 'interleaved' or 'dual', got {pl!r}")
+    return pl
+
+def _wanted(schedule, m, v, has_w, placement, where):
+    """The actions every rank must run, as a set; raises for an action run twice or missing.
+    Interleaved: F and B (and W, if any rank runs W) for every microbatch and chunk. Dual: F and B
+    for every microbatch on the one chunk (direction) it uses; W optional (a B without its W is a
+    whole backward, as DualPipe runs some)."""
+    if placement == "dual":
+        way = {}
+        for acts in schedule:
+            for _, j, c in acts:
+                if way.setdefault(j, c) != c:
+                    raise ValueError(f"{where}: microbatch {j} runs on chunks {way[j]} and {c}; with "
+                                     f"DualPipe's placement a microbatch travels one way, on one chunk")
+        if v > 2:
+            raise ValueError(f"{where}: DualPipe's placement has chunks 0 and 1, got chunk {v - 1}")
+        want = {(k, j, way.get(j, -1)) for k in "FB" for j in range(m)}
+    else:
+        want = {(k, j, c) for k in (KINDS if has_w else ("F", "B")) for j in range(m) for c in range(v)}
     problems = []
     for r, acts in enumerate(schedule):
         if len(set(acts)) != len(acts):
@@ -76,37 +109,56 @@ def _run(schedule, cost, t_comm, where):
             problems.append(f"rank {r} misses " + " ".join(_name(a) for a in miss[:6])
                             + (" ..." if len(miss) > 6 else ""))
     if problems:
-        raise ValueError(f"{where}: every rank must run {', '.join(kinds)} once per microbatch "
+        kinds = "F and B" if placement == "dual" else ", ".join(KINDS if has_w else ("F", "B"))
+        raise ValueError(f"{where}: every rank must run {kinds} once per microbatch "
                          f"0..{m - 1} and chunk 0..{v - 1} (the largest indices in the "
                          f"schedule); " + "; ".join(problems))
+
+
+def _run(schedule, cost, t_comm, where, placement="interleaved", t_fb=None):
+    """Run the schedule as a dataflow: each rank takes its actions in order and starts one as soon
+    as the rank is free and the actions it waits for have ended (plus t_comm when they ran on
+    another rank). cost(rank, action) is an action's duration. With t_fb, each pair that
+    ``schedule.overlapped`` marks runs as one block of length t_fb. Returns
+    (p, m, v, has_w, start, end), times keyed by (rank, action). Raises ValueError for a missing
+    or repeated action and for a deadlock."""
+    p, m, v, has_w = _parse(schedule, where)
+    _wanted(schedule, m, v, has_w, placement, where)
+    pairs = getattr(schedule, "overlapped", None) if t_fb is not None else None
     start, end, nxt, free, moved = {}, {}, [0] * p, [0.0] * p, True
     while moved:
         moved = False
         for r in range(p):
             while nxt[r] < len(schedule[r]):
-                a = schedule[r][nxt[r]]
-                deps = _deps(a, r, p, v)
+                i = nxt[r]
+                group = list(schedule[r][i:i + 2] if pairs and i in pairs[r] else schedule[r][i:i + 1])
+                deps = [d for a in group for d in _deps(a, r, p, v, placement)
+                        if not (d[0] == r and d[1] in group)]
                 if any(d not in end for d in deps):
                     break                                  # rank r waits; try the others
-                t0 = max([free[r]] + [end[(q, d)] + (t_comm if q != r else 0.0) for q, d in deps])
-                start[(r, a)], end[(r, a)] = t0, t0 + cost[a[0]]
-                free[r], nxt[r], moved = t0 + cost[a[0]], nxt[r] + 1, True
+                t0 = max([free[r]] + [end[d] + (t_comm if d[0] != r else 0.0) for d in deps])
+                t1 = t0 + (t_fb if len(group) == 2 else cost(r, group[0]))
+                for a in group:
+                    start[(r, a)], end[(r, a)] = t0, t1
+                free[r], nxt[r], moved = t1, i + len(group), True
     stuck = [r for r in range(p) if nxt[r] < len(schedule[r])]
     if stuck:
         why = []
         for r in stuck:
             a = schedule[r][nxt[r]]
-            wait = [f"{_name(d)} on rank {q}" for q, d in _deps(a, r, p, v) if (q, d) not in end]
+            wait = [f"{_name(d)} on rank {q}" for q, d in _deps(a, r, p, v, placement) if (q, d) not in end]
             why.append(f"rank {r} is stuck at {_name(a)}, waiting for {' and '.join(wait)}")
         raise ValueError(f"{where}: the schedule breaks a dependency and deadlocks: " + "; ".join(why))
     return p, m, v, has_w, start, end
 
-def validate_schedule(schedule) -> tuple:
+def validate_schedule(schedule, *, placement=None) -> tuple:
     """Check that a schedule (one list of (kind, microbatch, chunk) actions per rank) can run:
     every rank runs F and B (and W, if any rank does) exactly once per microbatch and chunk, and
     no action waits for one that can never happen. Returns (p, m, v); raises ValueError naming
-    the stuck ranks and what each waits for."""
-    p, m, v, _, _, _ = _run(schedule, {"F": 1.0, "B": 1.0, "W": 1.0}, 0.0, "validate_schedule")
+    the stuck ranks and what each waits for. placement: 'interleaved' or 'dual' (section 9);
+    None takes the schedule's own (a plain list: 'interleaved')."""
+    pl = _placement(schedule, placement, "validate_schedule")
+    p, m, v, _, _, _ = _run(schedule, lambda r, a: 1.0, 0.0, "validate_schedule", pl)
     return p, m, v
 
 @dataclass
@@ -116,7 +168,9 @@ class Timeline:
     m·(t_f + t_b). bubble: the idle share of all rank-time, 1 - busy / makespan.
     bubble_over_ideal: (makespan - busy) / busy, Megatron-LM's t_pb / t_id.
     peak_activations[r]: the most microbatch activations rank r holds at once, in units of one
-    microbatch through the rank's whole share of the model (one chunk of v counts 1/v)."""
+    microbatch through the rank's whole share of the model (one chunk of v counts 1/v; with
+    DualPipe's placement a chunk is one whole stage and counts 1). idle[r]: the time rank r
+    computes nothing, makespan minus its compute time."""
     p: int
     m: int
     v: int
@@ -126,14 +180,17 @@ class Timeline:
     bubble: float
     bubble_over_ideal: float
     peak_activations: list
+    idle: list = None
 
-def simulate(schedule, *, t_f=1.0, t_b=2.0, t_w=None, t_comm=0.0) -> Timeline:
+def simulate(schedule, *, t_f=1.0, t_b=2.0, t_w=None, t_comm=0.0, t_fb=None, placement=None) -> Timeline:
     """Turn a schedule into a Timeline. t_f and t_b: forward and whole backward time of one
-    microbatch through one rank's share of the model (a chunk of v takes 1/v of it). If the
-    schedule has W actions, B takes t_b - t_w and W takes t_w (default t_b / 2, so that
-    T_F = T_B = T_W for t_b = 2 t_f, the setting of Qi et al. 2023). t_comm is added to every
-    dependency between two ranks. Activations count from the start of a microbatch's F to the end
-    of its last backward action (W if the schedule has W, else B)."""
+    microbatch through one rank's share of the model (a chunk of v takes 1/v of it; with DualPipe's
+    placement a chunk is one stage and takes all of it). A B whose W is in the schedule takes
+    t_b - t_w and the W t_w (default t_b / 2, so that T_F = T_B = T_W for t_b = 2 t_f, the
+    setting of Qi et al. 2023). t_comm is added to every dependency between two ranks. t_fb: the
+    time of one overlapped forward-backward pair (DeepSeek-V3's F&B), for schedules that mark
+    such pairs (``dualpipe``); None runs the two one after the other. Activations count from the
+    start of a microbatch's F to the end of its last backward action (W if it has one, else B)."""
     for name, t in (("t_f", t_f), ("t_b", t_b)):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(f"simulate: {name} must be a number > 0, got {t!r}")
@@ -143,22 +200,39 @@ def simulate(schedule, *, t_f=1.0, t_b=2.0, t_w=None, t_comm=0.0) -> Timeline:
                             or not 0 < t_w < t_b):
         raise ValueError(f"simulate: t_w must be None or a number in (0, t_b) = (0, {t_b}), "
                          f"got {t_w!r}")
-    _, _, v, has_w = _parse(schedule, "simulate")
-    tw = t_b / 2 if t_w is None else t_w
-    cost = {"F": t_f / v, "B": (t_b - tw if has_w else t_b) / v, "W": tw / v}
-    p, m, v, has_w, start, end = _run(schedule, cost, float(t_comm), "simulate")
+    _check_t_fb(schedule, t_fb, t_f, t_b)
+    pl = _placement(schedule, placement, "simulate")
+    _, m, v, _ = _parse(schedule, "simulate")
+    tw, per = t_b / 2 if t_w is None else t_w, 1 if pl == "dual" else v   # chunks per stage time
+    with_w = {(r, a[1], a[2]) for r, acts in enumerate(schedule) for a in acts if a[0] == "W"}
+    cost = lambda r, a: {"F": t_f, "W": tw, "B": t_b - tw if (r, *a[1:]) in with_w else t_b}[a[0]] / per
+    p, m, v, has_w, start, end = _run(schedule, cost, float(t_comm), "simulate", pl, t_fb)
     events = [[(*a, start[(r, a)], end[(r, a)]) for a in schedule[r]] for r in range(p)]
-    makespan, busy, last = max(e[-1][4] for e in events), m * (t_f + t_b), "W" if has_w else "B"
+    work = [sum(e - s for s, e in {(ev[3], ev[4]) for ev in evs}) for evs in events]  # a pair once
+    makespan = max(e[-1][4] for e in events)
+    busy = m * (t_f + t_b) if t_fb is None else sum(work) / p
     peaks = []
-    for evs in events:
+    for r, evs in enumerate(events):
+        last = lambda j, c: "W" if (r, j, c) in with_w else "B"
         steps = sorted([(s, 1, 1) for k, _, _, s, _ in evs if k == "F"] +
-                       [(e, 0, -1) for k, _, _, _, e in evs if k == last])  # frees before allocs
+                       [(e, 0, -1) for k, j, c, _, e in evs if k == last(j, c)])  # frees first
         held = [0]
         for _, _, d in steps:
             held.append(held[-1] + d)
-        peaks.append(max(held) / v)
+        peaks.append(max(held) / per)
     return Timeline(p, m, v, events, makespan, busy, 1 - busy / makespan,
-                    (makespan - busy) / busy, peaks)
+                    (makespan - busy) / busy, peaks, [makespan - w for w in work])
+
+
+def _check_t_fb(schedule, t_fb, t_f, t_b):
+    if t_fb is None:
+        return
+    if isinstance(t_fb, bool) or not isinstance(t_fb, (int, float)) or not max(t_f, t_b) <= t_fb <= t_f + t_b:
+        raise ValueError(f"simulate: t_fb (an overlapped forward and backward) must be a number in "
+                         f"[max(t_f, t_b), t_f + t_b] = [{max(t_f, t_b)}, {t_f + t_b}], got {t_fb!r}")
+    if getattr(schedule, "overlapped", None) is None:
+        raise ValueError("simulate: t_fb needs a schedule that marks its overlapped pairs "
+                         "(dualpipe's); this one runs every action alone")
 
 _KIND_COLORS = {"F": "#0072B2", "B": "#E69F00", "W": "#009E73"}
 
@@ -171,7 +245,8 @@ def _lighten(color, f):
 def plot_timeline(timeline, ax=None, *, title=None, labels=True):
     """Draw a Timeline from simulate() as a Gantt chart: one row per rank (rank 0 on top), one box
     per action coloured by kind (F blue, B orange, W green; later chunks lighter) with its
-    microbatch number; idle time shows as the grey background. Returns the axes."""
+    microbatch number; an overlapped F&B pair is one box split in two (F above, B below); idle
+    time shows as the grey background. Returns the axes."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
@@ -182,15 +257,22 @@ def plot_timeline(timeline, ax=None, *, title=None, labels=True):
     if ax is None:                      # 0.6 inch per rank: rows tall enough to read
         _, ax = plt.subplots(figsize=(9, max(3.0, 0.6 * p + 1.4)))
     width_in = ax.get_position().width * ax.figure.get_figwidth()
-    for r, evs in enumerate(timeline.events):           # one collection per rank: fast
+    for r, evs in enumerate(timeline.events):           # a few collections per rank: fast
         ax.broken_barh([(0, T)], (r - 0.4, 0.8), facecolors="#E4E4E4", lw=0)
-        ax.broken_barh([(s, e - s) for _, _, _, s, e in evs], (r - 0.4, 0.8), lw=0.5,
-                       edgecolor="white", facecolors=[_lighten(
-                           _KIND_COLORS[k], 0.5 * c / max(timeline.v - 1, 1)) for k, _, c, _, _ in evs])
-        for kind, j, c, s, e in evs:
-            if labels and (e - s) / T * width_in > 0.085 * len(str(j)) + 0.04:
-                ax.text((s + e) / 2, r, str(j), ha="center", va="center", fontsize=9,
-                        color="white" if c == 0 else "#222222")
+        spans = [(s, e) for *_, s, e in evs]
+        rows = {}                                       # (y, height) -> events drawn there
+        for i, (kind, j, c, s, e) in enumerate(evs):    # an overlapped pair: F on top, B below
+            paired = spans.count((s, e)) > 1
+            y = (r - 0.4 + (0.4 if i and spans[i - 1] == (s, e) else 0.0), 0.4) if paired else (r - 0.4, 0.8)
+            rows.setdefault(y, []).append((kind, j, c, s, e))
+        for y, group in rows.items():
+            ax.broken_barh([(s, e - s) for *_, s, e in group], y, lw=0.5, edgecolor="white",
+                           facecolors=[_lighten(_KIND_COLORS[k], 0.5 * c / max(timeline.v - 1, 1))
+                                       for k, _, c, _, _ in group])
+            for kind, j, c, s, e in group:
+                if labels and (e - s) / T * width_in > 0.085 * len(str(j)) + 0.04:
+                    ax.text((s + e) / 2, y[0] + y[1] / 2, str(j), ha="center", va="center",
+                            fontsize=9, color="white" if c == 0 else "#222222")
     kinds = sorted({ev[0] for evs in timeline.events for ev in evs}, key=KINDS.index)
     ax.legend([Patch(color=_KIND_COLORS[k]) for k in kinds], kinds, fontsize=9,
               loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.3)
@@ -275,6 +357,77 @@ def zero_bubble_h1(p: int, m: int) -> list:
                     n_w += 1
         out.append(acts + [("W", j, 0) for j in range(n_w, m)])
     return out
+
+class DualPipeSchedule(list):
+    """A schedule in DualPipe's placement (``placement = 'dual'``): chunk 0 of rank r is stage r
+    of the model copy fed at rank 0, chunk 1 is stage p - 1 - r of the copy fed at rank p - 1.
+    ``overlapped[r]``: the indices i at which rank r runs actions i and i + 1 as one overlapped
+    forward-backward pair."""
+    placement = "dual"
+
+    def __init__(self, ranks, overlapped):
+        super().__init__(ranks)
+        self.overlapped = overlapped
+
+
+def dualpipe(p: int, m: int) -> DualPipeSchedule:
+    """DualPipe (DeepSeek-AI 2024, "DeepSeek-V3 Technical Report", §3.2.1, Fig. 5) in the order of
+    the released code (deepseek-ai/DualPipe, dualpipe.py, DualPipe.step). p ranks and m
+    microbatches, both even, m >= 2p: microbatches 0..m/2-1 enter at rank 0 on chunk 0, m/2..m-1
+    enter at rank p-1 on chunk 1. Rank r, at distance h = min(r, p-1-r) from its end, calls its
+    own end's chunk "near" (phase 0) and the other "far" (phase 1). A B followed by no W is a
+    whole backward; W runs the oldest deferred weight gradient (the code's FIFO WeightGradStore)."""
+    _need_int("p (pipeline ranks)", p, 2, "dualpipe")
+    _need_int("m (microbatches)", m, 1, "dualpipe")
+    if p % 2 or m % 2 or m < 2 * p:
+        raise ValueError(f"dualpipe: p and m must be even and m >= 2p (DualPipe's requirement), "
+                         f"got p = {p}, m = {m}")
+    ranks, pairs, half = [], [], p // 2
+    for r in range(p):
+        h, flip, acts, pair, fifo = min(r, p - 1 - r), int(r >= half), [], set(), []
+        nf, nb = [0, m // 2], [0, m // 2]             # next microbatch of each chunk, F and B
+
+        def F(phase):
+            c = phase ^ flip
+            acts.append(("F", nf[c], c))
+            nf[c] += 1
+
+        def B(phase, defer_w=False):
+            c = phase ^ flip
+            acts.append(("B", nb[c], c))
+            if defer_w:
+                fifo.append(("W", nb[c], c))
+            nb[c] += 1
+
+        W = lambda: acts.append(fifo.pop(0))
+        FB = lambda f, b: (pair.add(len(acts)), F(f), B(b))    # one overlapped pair
+        for _ in range(2 * (half - h - 1)):            # 1: forwards of the near chunk
+            F(0)
+        for _ in range(h + 1):                          # 2: forwards of both chunks
+            F(0), F(1)
+        for _ in range(half - h - 1):                   # 3: B (W deferred), W, F of the far chunk
+            B(1, True), W(), F(1)
+        for i in range(m // 2 - p + h + 1):             # 4: the main loop, overlapped pairs
+            if i == 0 and h == half - 1:                # (the two middle ranks do not overlap it)
+                F(0), B(1)
+            else:
+                FB(0, 1)
+            FB(1, 0)
+        for _ in range(half - h - 1):                   # 5
+            B(1), FB(1, 0)
+        defer = False
+        for i in range(h + 1):                          # 6: the later backwards defer their W
+            defer = defer or (i == (h + 1) // 2 and h % 2 == 1)
+            B(1, defer)
+            defer = defer or (i == (h + 1) // 2 and h % 2 == 0)
+            B(0, defer)
+        for _ in range(half - h - 1):                   # 7
+            W(), B(0, True)
+        for _ in range(h + 1):                          # 8: the last weight gradients
+            W()
+        ranks.append(acts)
+        pairs.append(pair)
+    return DualPipeSchedule(ranks, pairs)
 
 def run_stage_actions(rank, world_size, actions, chunks, microbatches, targets, loss_fn, act_shape):
     """Execute one rank's actions for real, with point-to-point messages between processes.

@@ -14,7 +14,7 @@ from course_utils import course
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-SMALL_FONT = re.compile(r"\b(fontsize|labelsize|size)\s*=\s*([0-8](\.\d*)?)\b(?!\s*[*/+-])")
+SMALL_FONT = re.compile(r"(\b(fontsize|labelsize|titlesize)|[(,]\s*size)\s*=\s*([0-8](\.\d*)?)\b(?!\s*[*/+-])")
 MACHINE_PATH = re.compile(r"/(root|tmp|home/[^/\s]+|Users/[^/\s]+|work)/|\.venv/|site-packages|[A-Z]:\\\\Users")
 
 

@@ -4,7 +4,8 @@ Every schedule generator is checked with the validator over a grid of (p, m, v);
 against the closed forms of GPipe, 1F1B (Narayanan et al. 2021), interleaved 1F1B (Megatron-LM),
 ZB-H1 (Qi et al. 2023) and DeepSeek-V3's Table 2; the generators against PyTorch's own orders;
 the real send/recv runner against one process's gradients (torch.testing.assert_close, float32
-and float64, awkward sizes); and every bad-input error.
+and float64, awkward sizes); DualPipe (DeepSeek-V3 §3.2.1): its placement, phases, Table 2's
+bubble and activations; and every bad-input error.
 """
 import math
 
@@ -16,10 +17,10 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from course_utils.launch import run_distributed
-from course_utils.pipeline import (Timeline, format_schedule, gpipe, interleaved_1f1b,
-                                   one_f_one_b, pipedream_versions, plot_timeline,
-                                   run_stage_actions, simulate, validate_schedule,
-                                   zero_bubble_h1)
+from course_utils.pipeline import (DualPipeSchedule, Timeline, dualpipe, format_schedule,
+                                   gpipe, interleaved_1f1b, one_f_one_b, pipedream_versions,
+                                   plot_timeline, run_stage_actions, simulate,
+                                   validate_schedule, zero_bubble_h1)
 
 matplotlib.use("Agg")
 
@@ -343,3 +344,113 @@ def test_plot_timeline():
     with pytest.raises(TypeError, match="expected the Timeline that simulate"):
         plot_timeline(zero_bubble_h1(3, 4))
     assert math.isclose(simulate(gpipe(1, 1)).bubble, 0.0, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------- DualPipe
+
+GRID_DUAL = [(p, m) for p in (2, 4, 6, 8) for m in sorted({2 * p, 2 * p + 2, 3 * p + p % 2, 4 * p})]
+
+
+def test_dualpipe_is_valid_and_each_microbatch_goes_one_way():
+    for p, m in GRID_DUAL:
+        sched = dualpipe(p, m)
+        assert isinstance(sched, DualPipeSchedule) and sched.placement == "dual"
+        assert validate_schedule(sched) == (p, m, 2), (p, m)
+        for r, acts in enumerate(sched):
+            assert all(c == int(j >= m // 2) for _, j, c in acts)        # lower half down, upper half up
+            for k in "FB":
+                assert sorted(j for kk, j, _ in acts if kk == k) == list(range(m))
+            ws = [(j, c) for k, j, c in acts if k == "W"]
+            assert len(ws) == len(set(ws))
+            for i in sched.overlapped[r]:                                 # a pair: F then B, other chunk
+                (k1, _, c1), (k2, _, c2) = acts[i], acts[i + 1]
+                assert (k1, k2) == ("F", "B") and c1 != c2
+
+
+def test_dualpipe_phases_of_the_released_code():
+    """Counts that follow from deepseek-ai/DualPipe's DualPipe.step: rank r at distance h from its
+    end starts with 2(p/2 - h - 1) + 1 forwards of its near chunk, runs
+    2(m/2 - p + h + 1) + (p/2 - h - 1) overlapped pairs (one fewer on the two middle ranks) and
+    ends with h + 1 weight-gradient actions."""
+    for p, m in GRID_DUAL:
+        sched = dualpipe(p, m)
+        for r, acts in enumerate(sched):
+            h, near = min(r, p - 1 - r), int(r >= p // 2)
+            lead = next(i for i, a in enumerate(acts) if a[2] != near or a[0] != "F")
+            assert lead == 2 * (p // 2 - h - 1) + 1, (p, m, r)
+            pairs = 2 * (m // 2 - p + h + 1) + (p // 2 - h - 1) - (h == p // 2 - 1)
+            assert len(sched.overlapped[r]) == pairs, (p, m, r)
+            assert [a[0] for a in acts[-(h + 1):]] == ["W"] * (h + 1)
+    assert format_schedule(dualpipe(2, 4)).splitlines()[0] == \
+        "rank 0: F0 F2.1 F1 B2.1 F3.1&B0 B3.1 B1 W1"   # traced by hand through DualPipe.step
+
+
+def test_dualpipe_placement_two_copies_of_each_stage():
+    # chunk 1 of rank r is stage p-1-r: a microbatch of the upward copy enters at rank p-1 at once
+    tl = simulate(dualpipe(4, 8), t_comm=0.5)
+    first_f = {(r, j): s for r, evs in enumerate(tl.events) for k, j, c, s, _ in evs if k == "F"}
+    assert first_f[(3, 4)] == 0.0 and first_f[(0, 0)] == 0.0
+    assert first_f[(2, 4)] == pytest.approx(1.0 + 0.5)                   # one stage and one hop later
+    assert first_f[(1, 0)] == pytest.approx(1.0 + 0.5)
+
+
+@pytest.mark.parametrize("t_fb", [3.0, 2.5, 2.2, 2.0])
+def test_dualpipe_table_2_bubble_with_equal_chunk_costs(t_fb):
+    """DeepSeek-V3 Table 2: (PP/2 - 1)(F&B + B - 3W), the largest idle time over the ranks, exact
+    when F = B - W = W (B the whole backward), for any F&B from F + B (no overlap) down to B."""
+    for p, m in GRID_DUAL:
+        for t_f in (1.0, 0.5):
+            tl = simulate(dualpipe(p, m), t_f=t_f, t_b=2 * t_f, t_w=t_f,
+                          t_fb=t_fb * t_f)
+            fb = t_fb * t_f
+            assert max(tl.idle) == pytest.approx((p / 2 - 1) * (fb + 2 * t_f - 3 * t_f)), (p, m)
+            assert tl.peak_activations == [p + 1] * p
+            one = simulate(one_f_one_b(p, m), t_f=t_f, t_b=2 * t_f)
+            assert one.idle == pytest.approx([(p - 1) * 3 * t_f] * p)
+
+
+def test_dualpipe_formula_is_not_exact_for_other_costs():
+    tl = simulate(dualpipe(8, 16), t_f=1.0, t_b=2.0, t_w=0.8, t_fb=2.5)
+    assert max(tl.idle) != pytest.approx(3 * (2.5 + 2.0 - 2.4))
+
+
+def test_overlap_shortens_and_is_drawn_split():
+    import matplotlib.pyplot as plt
+    no, yes = simulate(dualpipe(4, 8), t_w=1.0), simulate(dualpipe(4, 8), t_w=1.0, t_fb=2.0)
+    assert yes.makespan < no.makespan and no.busy == pytest.approx(8 * 3.0)
+    assert yes.busy < no.busy
+    ax = plot_timeline(yes)
+    halves = [b for coll in ax.collections for b in coll.get_paths()
+              if abs(b.get_extents().height - 0.4) < 1e-9]
+    assert len(halves) == 2 * sum(len(o) for o in dualpipe(4, 8).overlapped)
+    w, h = ax.figure.get_size_inches() * 120
+    assert h >= 200 and w <= 4.5 * h and min(t.get_fontsize() for t in ax.texts) >= 9
+    plt.close("all")
+
+
+def test_dualpipe_hand_written_needs_the_placement():
+    sched = [list(a) for a in dualpipe(2, 4)]                      # a plain list loses it
+    with pytest.raises(ValueError, match="misses"):
+        validate_schedule(sched)
+    assert validate_schedule(sched, placement="dual") == (2, 4, 2)
+    assert simulate(sched, placement="dual").makespan == simulate(dualpipe(2, 4)).makespan
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: dualpipe(3, 8), "must be even"),
+    (lambda: dualpipe(4, 6), "m >= 2p"),
+    (lambda: dualpipe(4, 9), "must be even"),
+    (lambda: dualpipe(1, 4), r"p \(pipeline ranks\) must be an int >= 2"),
+    (lambda: simulate(dualpipe(4, 8), t_fb=1.0), r"t_fb .* must be a number in \[max\(t_f, t_b\), t_f \+ t_b\]"),
+    (lambda: simulate(dualpipe(4, 8), t_fb=3.5), "must be a number in"),
+    (lambda: simulate(one_f_one_b(4, 8), t_fb=2.5), "marks its overlapped pairs"),
+    (lambda: validate_schedule(gpipe(2, 2), placement="zigzag"), "placement must be"),
+    (lambda: validate_schedule([[("F", 0, 0), ("B", 0, 1)]], placement="dual"),
+     "microbatch 0 runs on chunks 0 and 1"),
+    (lambda: validate_schedule([[("F", 0, 2), ("B", 0, 2)]], placement="dual"), "chunks 0 and 1"),
+    (lambda: validate_schedule([[("B", 0, 1), ("F", 0, 1)], [("F", 0, 1), ("B", 0, 1)]],
+                               placement="dual"), "rank 0 is stuck at B0.1, waiting for F0.1 on rank 0"),
+])
+def test_dualpipe_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
