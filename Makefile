@@ -13,7 +13,7 @@ ROOT_FLAG  := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 NB         ?= notebooks/*.ipynb
 NEEDS_PY   := import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
 
-.PHONY: help venv lab test lib exercises refresh-exercise notebooks pacing clean
+.PHONY: help venv lab test lib exercises refresh-exercise notebooks pacing slides grade clean
 
 help:
 	@echo "make lab        set up .venv if needed, write your copies to exercises/, open JupyterLab there"
@@ -23,6 +23,8 @@ help:
 	@echo "make lib        regenerate course_utils/<topic>.py from the notebooks' #@save cells"
 	@echo "make notebooks  re-execute notebooks in place (NB=notebooks/01_*.ipynb for one)"
 	@echo "make pacing     recompute each lesson's time, core path and slide metadata"
+	@echo "make slides     a reveal.js deck per lesson in slides/ (offline; TEACHING.md says more)"
+	@echo "make grade SUBMISSIONS=dir   run learners' notebooks, table of learner x exercise in grades/"
 
 $(PY):
 	@$(PYTHON) -c '$(NEEDS_PY)' 2>/dev/null || { echo "make: '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing); the course needs Python 3.10 or newer. Run again with PYTHON=python3.12 (or another 3.10+)."; exit 1; }
@@ -65,6 +67,19 @@ notebooks: venv
 
 pacing: venv
 	$(PY) tools/pacing.py
+
+# Lecture decks from the committed outputs (nothing re-executed): slides/NN_topic.slides.html.
+SLIDES ?= slides
+slides: venv
+	$(PY) tools/make_slides.py --out $(SLIDES) $(NB)
+
+# Grading (TEACHING.md): each submission in its own kernel and scratch folder, TIMEOUT seconds per
+# notebook; LESSON=03 when the submissions' headers do not settle it; HIDDEN=file of hidden cases.
+GRADES  ?= grades
+TIMEOUT ?= 300
+grade: venv
+	@[ -n "$(SUBMISSIONS)" ] || { echo "make: say where the submissions are: make grade SUBMISSIONS=folder (LESSON=03 TIMEOUT=300 HIDDEN=cases.py)"; exit 1; }
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m course_utils.grade $(SUBMISSIONS) --out $(GRADES) --timeout $(TIMEOUT) $(if $(LESSON),--lesson $(LESSON)) $(if $(HIDDEN),--hidden $(HIDDEN)) $(GRADE_FLAGS)
 
 # Removes the environment and caches, never the learner's exercises/.
 clean:

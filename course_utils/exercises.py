@@ -21,22 +21,43 @@ What a learner sees when an answer is wrong: in Jupyter, only the checker's mess
 function raised, the message, the hint, the case's arguments and the traceback of the learner's
 code, with the course's frames left out. Outside IPython (pytest, a script) the exception is an
 ordinary ``AssertionError`` with an ordinary traceback, the checker's frames hidden from pytest.
+
+Hidden cases, for grading: when the environment variable ``COURSE_HIDDEN_CASES`` names a Python
+file (``course_utils.grade --hidden FILE`` sets it for the learners' kernels), that file's
+``HIDDEN = {"Exercise 3.1": [case, ...], ...}`` adds cases to :func:`check_function` after the
+ones the notebook shows (a value may also be a function returning the list, to build tensors
+lazily). Without the variable nothing changes; the passing line keeps its form, counting every
+case it ran.
 """
 from __future__ import annotations
 
 import numbers
+import os
 import re
+import runpy
 import traceback
 
 import torch
 
 __all__ = ["ExerciseError", "check_function", "check_answer", "stub_line", "TITLE_RE",
-           "BEGIN", "END"]
+           "BEGIN", "END", "HIDDEN_CASES_ENV"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 # The first line of an exercise cell: "# Exercise 1.2 — what it is about"
 TITLE_RE = re.compile(r"^#\s*(Exercise\s+\d+\.\d+)\b")
+# Names a Python file of hidden cases (see the module's docstring); set only when grading.
+HIDDEN_CASES_ENV = "COURSE_HIDDEN_CASES"
+
+
+def _hidden_cases(name: str) -> list:
+    """The grader's extra cases for exercise ``name``, or [] (not grading, or none for it)."""
+    path = os.environ.get(HIDDEN_CASES_ENV)
+    if not path:
+        return []
+    table = runpy.run_path(path).get("HIDDEN", {})
+    cases = table.get(name, [])
+    return list(cases() if callable(cases) else cases)
 
 
 class ExerciseError(AssertionError):
@@ -189,12 +210,15 @@ def check_function(name: str, fn, cases, reference, *, atol: float = 1e-5, rtol:
     cases = list(cases)
     if not cases:
         raise ValueError(f"{name}: check_function needs at least one case")
+    shown_cases = len(cases)
+    cases += _hidden_cases(name)
     for k, args in enumerate(cases):
         if not isinstance(args, tuple):
             raise TypeError(f"{name}: each case must be a tuple of arguments, case {k} is "
                             f"{type(args).__name__}")
         shown = str(describe(*args)) if describe else ", ".join(_describe(a) for a in args)
-        where = f"for case {k + 1} ({shown}):"
+        label = f"case {k + 1}" if k < shown_cases else f"hidden case {k - shown_cases + 1}"
+        where = f"for {label} ({shown}):"
         try:
             got = fn(*_clone(args))
         except Exception as e:  # noqa: BLE001 - turned into a learner-facing message

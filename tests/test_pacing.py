@@ -41,6 +41,18 @@ def test_slide_types_and_overrides():
     assert nb.cells[0].source.count("**Time:**") == 1
 
 
+def test_the_deck_leaves_out_solutions_and_plumbing():
+    lib = "#@save\n" + "\n".join(f"x{i} = {i}" for i in range(30))
+    nb = nb_of("md:# 01 · T", "import torch", "md:## 1 · A", "md:the next step of the derivation",
+               "y = 1", "md:### Exercise 1.1 — e", "# Exercise 1.1 — e\nx = 1", lib,
+               "def draw_it(n=1):\n    plt.plot([n])\n\ndef _helper():\n    pass",
+               "md:a picture", "draw_it()")
+    pacing.apply(nb)
+    kinds = [c.metadata["slideshow"]["slide_type"] for c in nb.cells]
+    assert kinds == ["slide", "skip", "slide", "fragment", "-", "subslide", "skip", "skip", "skip",
+                     "subslide", "-"]
+
+
 def test_every_lesson_is_up_to_date():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "pacing.py"), "--check"],
                        capture_output=True, text=True)

@@ -103,18 +103,37 @@ def time_line(est: dict) -> str:
             f"a minute, code at {LINES_PER_MIN} lines a minute, {EXERCISE_MIN} minutes an exercise).")
 
 
-def slide_type(cell, index: int, section_is_deep: bool, first_in_section: bool) -> str:
-    """The lecture deck: the title and each core section's heading open a slide; the other cells
-    of a core section follow on sub-slides (markdown) or on the same slide (code); deep dives,
-    `#@save` library cells longer than 25 lines and the set-up cell are skipped."""
+def _plumbing(cell) -> bool:
+    """A code cell that only defines drawing helpers (``def draw_…``/``def _…``) and shows nothing."""
+    code = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return (not cell.get("outputs") and bool(code)
+            and all(ln.startswith(("def draw", "def _")) for ln in code if not ln[0].isspace()
+                    and not ln.startswith(("@", ")"))))
+
+
+def slide_type(cell, index: int, section_is_deep: bool, first_in_section: bool, prev=None) -> str:
+    """The lecture deck, about 20–40 slides for a lesson's core path:
+
+    * the title and each core section's heading open a slide; deep dives are skipped;
+    * a markdown cell opens a sub-slide, except one that follows another markdown cell of the
+      same section (a derivation in steps), which appears as a fragment of the same slide;
+    * a code cell shows on the slide of the text above it, except the set-up cell, exercise
+      solutions (the task's text stays: it is the homework slide), ``#@save`` library cells longer
+      than 25 lines (validation and plumbing, read in the notebook) and cells that only define
+      drawing helpers, which are skipped.
+
+    ``prev`` is the cell before this one in its section (None for the first)."""
     if index == 0:
         return "slide"
     if section_is_deep:
         return "skip"
     if cell.cell_type == "code":
         long_lib = cell.source.startswith("#@save") and len(cell.source.splitlines()) > 25
-        return "skip" if (index == 1 or long_lib) else "-"
-    return "slide" if first_in_section else "subslide"
+        skip = index == 1 or long_lib or _is_exercise(cell) or _plumbing(cell)
+        return "skip" if skip else "-"
+    if first_in_section:
+        return "slide"
+    return "fragment" if prev is not None and prev.cell_type == "markdown" else "subslide"
 
 
 def apply(nb) -> None:
@@ -127,7 +146,8 @@ def apply(nb) -> None:
     for number, is_deep, cells in _sections(nb):
         for k, cell in enumerate(cells):
             chosen = cell.metadata.get("course", {}).get("slide")
-            kind = chosen or slide_type(cell, index, is_deep, k == 0 and number is not None)
+            kind = chosen or slide_type(cell, index, is_deep, k == 0 and number is not None,
+                                        prev=cells[k - 1] if k else None)
             cell.metadata.setdefault("slideshow", {})["slide_type"] = kind
             index += 1
 
