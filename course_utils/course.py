@@ -26,11 +26,12 @@ LESSONS = (
     Lesson("03", "03_rope.ipynb", "RoPE", 150, ("01",), "model"),
     Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 190, ("02", "03"), "model"),
     Lesson("05", "05_moe.ipynb", "MoE routing", 205, ("01",), "model"),
-    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 240, ("04",), "kernels"),
+    Lesson("06", "06_triton_basics.ipynb", "Triton from zero", 245, ("01",), "kernels"),
+    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 240, ("04", "06"), "kernels"),
     Lesson("08", "08_precision.ipynb", "Precision and counting", 205, ("01",), "kernels"),
     Lesson("09", "09_inference.ipynb", "Inference", 210, ("04", "08"), "kernels"),
     Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 210, ("01",), "distributed"),
-    Lesson("11", "11_zero.ipynb", "ZeRO", 295, ("08", "10"), "distributed"),
+    Lesson("11", "11_zero.ipynb", "ZeRO", 300, ("08", "10"), "distributed"),
     Lesson("12", "12_parallelism.ipynb", "Parallelism beyond data", 225, ("05", "07", "10"), "distributed"),
     Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 200, ("10",), "distributed"),
     Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 185, ("01",), "rl"),
@@ -78,7 +79,7 @@ def draw_course_map(ax=None, highlight: str | None = None):
         " with real processes", "\nwith real processes").replace(
         " and the Bellman equations", "\n& Bellman").replace(", residuals, dropout", ",\nresiduals, dropout").replace(
         " in Triton", "\nin Triton").replace(" and counting", "\nand counting").replace(" and autograd", "\nand autograd").replace(
-        "Pipeline schedules", "Pipeline\nschedules").replace(" beyond data", "\nbeyond data")
+        "Pipeline schedules", "Pipeline\nschedules").replace(" beyond data", "\nbeyond data").replace(" from zero", "\nfrom zero")
         for k, v in labels.items()}
     edges = [(r, x.id) for x in LESSONS for r in x.requires]
     draw_dag(ax, [x.id for x in LESSONS], edges, labels=labels, colors=colors, box_width=1.85,

@@ -82,7 +82,7 @@ def test_a_widget_cell_leaves_one_figure_and_no_output_widget(tmp_path):
 
 def test_course_map_prerequisites():
     assert course.prerequisites("00") == set()
-    assert course.prerequisites("07") == {"00", "01", "02", "03", "04"}
+    assert course.prerequisites("07") == {"00", "01", "02", "03", "04", "06"}
     with pytest.raises(KeyError, match="unknown id"):
         course.lesson("99")
     ax = course.draw_course_map(highlight="11")
