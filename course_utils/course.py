@@ -4,6 +4,7 @@ Notebook 00 draws the map; tests/test_packaging.py checks that the README lists 
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 __all__ = ["Lesson", "LESSONS", "lesson", "prerequisites", "draw_course_map"]
@@ -35,6 +36,7 @@ LESSONS = (
     Lesson("12", "12_parallelism.ipynb", "Parallelism beyond data", 225, ("05", "07", "10"), "distributed"),
     Lesson("13", "13_pipeline.ipynb", "Pipeline schedules", 200, ("10",), "distributed"),
     Lesson("14", "14_mdp_bellman.ipynb", "MDPs and the Bellman equations", 185, ("01",), "rl"),
+    Lesson("15", "15_rl_for_llms.ipynb", "RL for LLMs", 200, ("14",), "rl"),
 )
 _BY_ID = {x.id: x for x in LESSONS}
 
@@ -57,33 +59,65 @@ def prerequisites(lesson_id: str) -> set[str]:
     return seen
 
 
-def draw_course_map(ax=None, highlight: str | None = None):
-    """Draw the lessons as a graph, coloured by part; with ``highlight``, that lesson is red and
-    its prerequisites orange. Returns the axes."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+PARTS = ("basics", "model", "kernels", "distributed", "rl")
+PART_TITLES = {"basics": "start", "model": "the model", "kernels": "kernels and numbers",
+               "distributed": "training at scale", "rl": "reinforcement learning"}
 
-    from .plotting import COLORS, draw_dag  # noqa: PLC0415
+
+def draw_course_map(ax=None, highlight: str | None = None):
+    """Draw the lessons as a graph: one column per part of the course, lessons in order down each
+    column, an arrow from each lesson to those that build on it. With ``highlight``, that lesson is
+    red and its prerequisites orange. Returns the axes."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.patches import FancyBboxPatch  # noqa: PLC0415
+
+    from .plotting import COLORS  # noqa: PLC0415
 
     part_color = {"basics": COLORS["light"], "model": "#DCEBFA", "kernels": "#FCE9D6",
                   "distributed": "#DDF2EA", "rl": "#F3E1EC"}
     if ax is None:
-        _, ax = plt.subplots(figsize=(12, 5.6))
+        _, ax = plt.subplots(figsize=(12, 6.8))
     colors = {x.id: part_color[x.part] for x in LESSONS}
     if highlight is not None:
         for p in prerequisites(highlight):
             colors[p] = COLORS["orange"]
         colors[lesson(highlight).id] = COLORS["red"]
-    labels = {x.id: f"{x.id} {x.title}\n~{x.minutes // 60} h {x.minutes % 60:02d}" if x.minutes >= 60
-              else f"{x.id} {x.title}\n~{x.minutes} min" for x in LESSONS}
-    labels = {k: v.replace(": MHA → MQA → GQA → MLA", "\nMHA→MQA→GQA→MLA").replace(
-        " with real processes", "\nwith real processes").replace(
-        " and the Bellman equations", "\n& Bellman").replace(", residuals, dropout", ",\nresiduals, dropout").replace(
-        " in Triton", "\nin Triton").replace(" and counting", "\nand counting").replace(" and autograd", "\nand autograd").replace(
-        "Pipeline schedules", "Pipeline\nschedules").replace(" beyond data", "\nbeyond data").replace(" from zero", "\nfrom zero")
-        for k, v in labels.items()}
-    edges = [(r, x.id) for x in LESSONS for r in x.requires]
-    draw_dag(ax, [x.id for x in LESSONS], edges, labels=labels, colors=colors, box_width=1.85,
-             box_height=0.62, gap=0.45, fontsize=9)
-    title = "Course map" + (f": what to finish before {highlight}" if highlight else "")
-    ax.set_title(title)
+    w, h, dx, dy = 2.1, 0.95, 2.6, 1.2              # box size and spacing, in data units
+    pos = {}
+    for col, part in enumerate(PARTS):
+        members = [x for x in LESSONS if x.part == part]
+        top = (len(members) - 1) / 2 if part in ("basics", "rl") else 1.5  # short columns centred
+        for row, x in enumerate(members):
+            pos[x.id] = (col * dx, (top - row) * dy)
+        ax.text(col * dx, 2.3 * dy, PART_TITLES[part], ha="center", va="center", fontsize=10,
+                color=COLORS["ink"], style="italic")
+    # Every lesson builds on 01 (and 00): those arrows would cross the whole map, so the start
+    # column says it in words instead; prerequisites() still counts them.
+    ax.text(0, pos["01"][1] - 1.0 * dy, "every lesson\nbuilds on these", ha="center", va="center",
+            fontsize=9, color=COLORS["grey"], style="italic")
+    for x in LESSONS:                                # arrows first, boxes on top
+        for r in x.requires:
+            if lesson(r).part == "basics" and x.part != "basics":
+                continue
+            (xa, ya), (xb, yb) = pos[r], pos[x.id]
+            same = xa == xb
+            start = (xa, ya - h / 2) if same else (xa + w / 2, ya)
+            end = (xb, yb + h / 2) if same else (xb - w / 2, yb)
+            bend = 0.0 if (same and abs(ya - yb) <= dy * 1.01) else (-0.35 if same else 0.08)
+            ax.annotate("", xy=end, xytext=start, arrowprops=dict(
+                arrowstyle="-|>", color=COLORS["grey"], lw=1.0, shrinkA=0, shrinkB=0,
+                connectionstyle=f"arc3,rad={bend}"))
+    for x in LESSONS:
+        cx, cy = pos[x.id]
+        ax.add_patch(FancyBboxPatch((cx - w / 2, cy - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.08",
+                                    fc=colors[x.id], ec=COLORS["ink"], lw=0.8))
+        t = f"~{x.minutes // 60} h {x.minutes % 60:02d}" if x.minutes >= 60 else f"~{x.minutes} min"
+        title = textwrap.fill(f"{x.id} " + x.title.replace(": MHA → MQA → GQA → MLA", ""), 20)
+        ax.text(cx, cy, f"{title}\n{t}", ha="center", va="center", fontsize=9)
+    xs, ys = zip(*pos.values())
+    ax.set_xlim(min(xs) - w / 2 - 0.1, max(xs) + w / 2 + 0.1)
+    ax.set_ylim(min(ys) - h / 2 - 0.1, 2.3 * dy + 0.3)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.set_title("Course map" + (f": what to finish before {highlight}" if highlight else ""))
     return ax
