@@ -4,6 +4,8 @@ every backend of F.scaled_dot_product_attention the GPU offers, in one run.
     python benchmarks/flash_attention.py            # the full run (about 6 minutes on an H100)
     python benchmarks/flash_attention.py --quick    # a few shapes, to try it out
     python benchmarks/flash_attention.py --sweep    # time each tuning candidate (course_utils TUNING)
+    python benchmarks/flash_attention.py --runs 3   # 3 passes of a small grid, median with p20/p80,
+                                                    # torch.compile'd naive attention as a baseline
 
 Setting of the FlashAttention-2 paper (Dao, 2023, §4.1): batch × T = 16k tokens, hidden 2048, so
 H = 2048 / d heads; T from 512 to 16384; bf16 and fp16; d = 64 and 128; causal and not. FLOPs are
@@ -214,7 +216,7 @@ def tuned_configs(d, T, causal, dtype):
     for name in ("fwd", "dkdv", "dq"):
         tuner = fa._TUNERS.get((name, max(d, 64)))
         for key, c in (tuner.cache.items() if tuner else ()):
-            if key[0] == T and key[1] == causal and str(dtype) in key:
+            if key[0] == T and key[1] == T and key[2] == causal and str(dtype) in key:  # N_Q, N_KV, CAUSAL, d
                 out.append(f"{name} {c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages}")
     return "; ".join(out)
 
@@ -365,8 +367,90 @@ def summary(rows):
               f" {ratio(r, f, 'tflops_fwd_bwd'):5.2f} ({ratio(r, cu, 'tflops_fwd_bwd'):4.2f})")
 
 
+_compiled_naive = None
+
+
+def naive_compiled(q, k, v, causal):
+    """torch.compile of naive_attention (dynamic shapes: one compile per dtype, d and mask, not per T)."""
+    global _compiled_naive
+    if _compiled_naive is None:
+        _compiled_naive = torch.compile(naive_attention, dynamic=True)
+    return _compiled_naive(q, k, v, causal)
+
+
+def spread_time(fn, grad_to_none=None, min_iters=30, min_ms=100):
+    """Median, p20 and p80 (ms) over at least min_iters timed calls (triton's do_bench with the L2
+    flushed between calls; rep chosen from a first estimate so that the count is >= min_iters)."""
+    est = do_bench(fn, warmup=5, rep=20, grad_to_none=grad_to_none, return_mode="median")
+    rep = max(min_ms, 1.2 * min_iters * est)
+    times = do_bench(fn, warmup=10, rep=rep, grad_to_none=grad_to_none, return_mode="all")
+    t = torch.tensor(times)
+    return t.median().item(), t.quantile(0.2).item(), t.quantile(0.8).item(), len(times)
+
+
+RUN_SHAPES = [(d, c, T) for d in (64, 128) for c in (False, True) for T in (2048, 8192)]
+RUN_METHODS = ("ours", "sdpa_cudnn", "sdpa_flash", "naive_compiled")
+
+
+def main_runs(args):
+    """--runs N: N full passes over RUN_SHAPES (bf16, 16k tokens, H = 2048/d) and RUN_METHODS, each
+    point timed as median with p20/p80 over >= 30 calls, plus the CS336 row; one CSV row per
+    (run, shape, method, pass). Autotuning happens in the check before run 0 (the shapes tuned on
+    are the shapes reported)."""
+    methods = dict(METHODS, naive_compiled=naive_compiled)
+    rows, t0 = [], time.time()
+    for run in range(args.runs):
+        for d, causal, T in RUN_SHAPES + [(64, True, 16384)]:
+            cs336 = T == 16384
+            B, H = (1, 16) if cs336 else (TOKENS // T, HIDDEN // d)
+            (q, k, v), do = inputs(B, H, T, d, torch.bfloat16, seed=run)
+            ref = reference(q, k, v, do, causal) if run == 0 else None
+            for name in RUN_METHODS:
+                if cs336 and name == "naive_compiled":
+                    continue
+                fn = methods[name]
+                row = dict(run=run, dtype="bfloat16", d=d, causal=causal, T=T, B=B, H=H, method=name,
+                           setting="cs336" if cs336 else "fa2_paper")
+                try:
+                    o = fn(q, k, v, causal)
+                    o.backward(do)
+                    if ref is not None:
+                        errs = [rel_err(o, ref[0])] + [rel_err(t.grad, g) for t, g in zip((q, k, v), ref[1])]
+                        row["err"] = max(errs)
+                        if not max(errs) <= 2e-2:
+                            row["status"] = "WRONG"
+                            rows.append(row)
+                            continue
+                    del o
+                    for t in (q, k, v):
+                        t.grad = None
+                    for mode, f in (("fwd", lambda: fn(q, k, v, causal)),
+                                    ("fwd_bwd", lambda: fn(q, k, v, causal).backward(do))):
+                        med, p20, p80, n = spread_time(f, grad_to_none=[q, k, v])
+                        fl = flops(B, H, T, d, causal, mode)
+                        rows.append(dict(row, mode=mode, ms_median=med, ms_p20=p20, ms_p80=p80, n_iter=n,
+                                         tflops=fl / med / 1e9, status="ok"))
+                except (torch.OutOfMemoryError, RuntimeError) as e:
+                    rows.append(dict(row, status=f"error: {str(e)[:60]}"))
+                finally:
+                    for t in (q, k, v):
+                        t.grad = None
+                    free()
+            print(f"run {run} d={d} causal={causal} T={T}: " + ", ".join(
+                f"{r['method']} {r['mode']} {r['ms_median']:.3f} ms" for r in rows[-8:] if r.get("status") == "ok"
+                and r["run"] == run and r["T"] == T and r["d"] == d and r["causal"] == causal),
+                f"[{time.time() - t0:.0f} s]", flush=True)
+            write_csv(rows, Path(args.out) / "07_flash_attention_runs.csv", quiet=True)
+    tuned = {f"{n}/d{d}": str(list(fa._TUNERS[(n, d)].cache.items())[:4]) for n in ("fwd", "dkdv", "dq")
+             for d in (64, 128) if (n, d) in fa._TUNERS}
+    print("autotuner choices (key -> config):", tuned)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=0,
+                   help="N full passes of the small grid with median/p20/p80 (writes 07_flash_attention_runs.csv)")
     p.add_argument("--out", default=str(ROOT / "assets"))
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--sweep", action="store_true", help="time every tuning candidate instead")
@@ -378,6 +462,10 @@ def main():
     gpu = torch.cuda.get_device_name(0)
     print(f"{gpu}; torch {torch.__version__}, triton {triton.__version__}")
     t0 = time.time()
+    if args.runs:
+        main_runs(args)
+        print(f"total {time.time() - t0:.0f} s")
+        return
     if args.sweep:
         main_sweep(args)
         return

@@ -89,8 +89,18 @@ def _block_scores(qi, kj, rows, cols, scale, causal):
         s = s.masked_fill(c > r, float("-inf"))
     return s
 
+
+def _blocks(T, b):
+    """The slices [0, b), [b, 2b), ... covering range(T); the last one may be shorter."""
+    return [slice(s, min(s + b, T)) for s in range(0, T, b)]
+
+
+def _needed(rows, cols, causal):
+    """Does the tile (rows, cols) hold any unmasked score? Causal: some key <= some query."""
+    return not causal or cols.start <= rows.stop - 1
+
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_q: int, block_k: int,
-                    causal: bool = False, order: str = "fa2"):
+                    causal: bool = False, order: str = "fa2", return_lse: bool = False):
     """FlashAttention in PyTorch, tile by tile, counting the elements it moves through "HBM".
 
     order="fa2": FlashAttention-2 (Dao, 2023, Algorithm 1). Outer loop over query blocks of block_q
@@ -99,14 +109,17 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_
     order="fa1": FlashAttention (Dao et al., 2022, Algorithm 1). Outer loop over key/value blocks,
       inner over query blocks; O, l and m live in HBM and are read and rewritten at every step.
     q, k, v: (B, H, T, d), one floating dtype (the arithmetic is done in it). causal: mask key > query.
-    Returns (out, traffic): out (B, H, T, d) and traffic = {"read": n, "write": n} in elements.
+    Returns (out, traffic): out (B, H, T, d) and traffic = {"read": n, "write": n} in elements;
+    return_lse=True: (out, traffic, lse), lse (B, H, T) the NATURAL-log log-sum-exp L = m + log l of
+    each row of scaled scores (what tiled_attention_backward recomputes P from).
     """
     _check_tiled_args(q, k, v, block_q, block_k, causal, order)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"tiled_attention: return_lse must be True or False, got {return_lse!r}")
     B, H, T, d = q.shape
     scale, hbm = d ** -0.5, HBMCounter()
-    q_blocks = [slice(s, min(s + block_q, T)) for s in range(0, T, block_q)]
-    k_blocks = [slice(s, min(s + block_k, T)) for s in range(0, T, block_k)]
-    needed = lambda rows, cols: not causal or cols.start <= rows.stop - 1     # any key <= some query
+    q_blocks, k_blocks = _blocks(T, block_q), _blocks(T, block_k)
+    needed = lambda rows, cols: _needed(rows, cols, causal)                   # any key <= some query
     if order == "fa2":
         out = torch.empty_like(q)
         lse = torch.empty(B, H, T, 1, dtype=q.dtype, device=q.device)
@@ -123,11 +136,12 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_
                 l, acc, m = alpha * l + p.sum(-1, keepdim=True), alpha * acc + p @ vj, m_new
             out[..., rows, :] = hbm.store(acc / l)                             # the one final rescale
             lse[..., rows, :] = hbm.store(m + torch.log(l))
-        return out, hbm.counts()
-    return _tiled_fa1(q, k, v, q_blocks, k_blocks, needed, scale, causal, hbm)
+        return (out, hbm.counts(), lse[..., 0]) if return_lse else (out, hbm.counts())
+    out, traffic, lse = _tiled_fa1(q, k, v, q_blocks, k_blocks, needed, scale, causal, hbm)
+    return (out, traffic, lse) if return_lse else (out, traffic)
 
 def _tiled_fa1(q, k, v, q_blocks, k_blocks, needed, scale, causal, hbm):
-    """FlashAttention-1's loop order (Dao et al., 2022, Algorithm 1, lines 2-15)."""
+    """FlashAttention-1's loop order (Dao et al., 2022, Algorithm 1, lines 2-15); returns (O, traffic, L)."""
     B, H, T, d = q.shape
     o = hbm.store(torch.zeros_like(q))                                         # line 2: O, l, m in HBM
     l = hbm.store(torch.zeros(B, H, T, 1, dtype=q.dtype, device=q.device))
@@ -144,7 +158,7 @@ def _tiled_fa1(q, k, v, q_blocks, k_blocks, needed, scale, causal, hbm):
             l_new = torch.exp(mi - m_new) * li + torch.exp(m_blk - m_new) * p.sum(-1, keepdim=True)
             o_new = (li * torch.exp(mi - m_new) * oi + torch.exp(m_blk - m_new) * (p @ vj)) / l_new
             o[..., rows, :], l[..., rows, :], m[..., rows, :] = map(hbm.store, (o_new, l_new, m_new))
-    return o, hbm.counts()
+    return o, hbm.counts(), (m + torch.log(l))[..., 0]                        # L = m + log l, natural log
 
 import os
 
@@ -170,24 +184,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2 e)
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, offs_n, offs_d, N_CTX, lo, hi, qk_scale,
+def _attn_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, offs_n, offs_d, N_KV, OFF, lo, hi, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                     CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Inner loop of FlashAttention-2 over the key/value blocks in [lo, hi) for one query block."""
+    """Inner loop of FlashAttention-2 over the key/value blocks in [lo, hi) for one query block.
+    Causal: query i sees key j <= i + OFF, OFF = T_k − T_q (bottom-right alignment)."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n                                     # key positions of this block
         kv = cols[:, None] * HEAD_DIM + offs_d[None, :]             # (BLOCK_N, HEAD_DIM) offsets
         if MASKED:                                                  # rows past the end read as 0
-            k = tl.load(K + kv, mask=cols[:, None] < N_CTX, other=0.0)
-            v = tl.load(V + kv, mask=cols[:, None] < N_CTX, other=0.0)
+            k = tl.load(K + kv, mask=cols[:, None] < N_KV, other=0.0)
+            v = tl.load(V + kv, mask=cols[:, None] < N_KV, other=0.0)
         else:
             k = tl.load(K + kv)
             v = tl.load(V + kv)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) = Q_i K_jᵀ
         if MASKED:
-            keep = cols[None, :] < N_CTX
+            keep = cols[None, :] < N_KV
             if CAUSAL:
-                keep = keep & (offs_m[:, None] >= cols[None, :])
+                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
             s = tl.where(keep, s, float("-inf"))                    # exp2(-inf) = 0 below
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)            # running max, base-2 units
         p = tl.exp2(s * qk_scale - m_new[:, None])                  # P̃ = exp(S/√d − m)
@@ -198,38 +213,43 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, offs_n, offs_d, N_CTX, lo, h
     return acc, l_i, m_i
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, LSE2, qk_scale, N_CTX,
+def _attn_fwd(Q, K, V, O, LSE2, qk_scale, N_Q, N_KV, GROUP,
               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """FlashAttention-2 forward (Dao, 2023, Algorithm 1) for BLOCK_M queries of one head.
-    Q, K, V, O: contiguous (B, H, T, d); LSE2: (B, H, T) float32, log-sum-exp in base 2."""
+    Q, O: contiguous (B, H, T_q, d); K, V: contiguous (B, H_kv, T_k, d), H = GROUP · H_kv;
+    LSE2: (B, H, T_q) float32, the log-sum-exp in base 2 (natural log = LSE2 · ln 2)."""
     pid_m = tl.program_id(0)                            # which query block ...
     if CAUSAL:                                          # (causal: longest rows first, section 11)
         pid_m = tl.num_programs(0) - 1 - pid_m
-    off_bh = tl.program_id(1)                           # ... of which (batch, head)
-    head = off_bh.to(tl.int64) * N_CTX * HEAD_DIM       # this head's first element (int64: no overflow)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)    # query positions of this block
+    off_bh = tl.program_id(1)                           # ... of which (batch, head) = b·H + h
+    head = off_bh.to(tl.int64) * N_Q * HEAD_DIM         # this head's first element (int64: no overflow)
+    kv_head = (off_bh // GROUP).to(tl.int64) * N_KV * HEAD_DIM  # GQA: b·H_kv + h // GROUP, never copied
+    OFF = N_KV - N_Q                                    # causal: query i sees keys <= i + OFF
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)            # query positions of this block
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N_CTX
+    row_ok = offs_m < N_Q
     qo = head + offs_m[:, None] * HEAD_DIM + offs_d[None, :]           # (BLOCK_M, HEAD_DIM) offsets
     q = tl.load(Q + qo, mask=row_ok[:, None], other=0.0)               # Q_i: read once, kept on chip
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:                                          # unmasked: keys left of the block's diagonal;
-        full_hi = pid_m * BLOCK_M                       # right of it: skipped altogether
-        masked_hi = tl.minimum(full_hi + BLOCK_M, N_CTX)
-    else:                                               # unmasked: all whole blocks; masked: the tail
-        full_hi = (N_CTX // BLOCK_N) * BLOCK_N
-        masked_hi = N_CTX
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K + head, V + head, offs_m, offs_n, offs_d, N_CTX,
-                                    0, full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K + head, V + head, offs_m, offs_n, offs_d, N_CTX,
-                                    full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, DOT_PRECISION)
+    if CAUSAL:      # unmasked: key blocks every row of the block sees; masked: the diagonal; rest skipped
+        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
+        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
+    else:           # unmasked: all whole blocks; masked: the tail
+        full_hi = (N_KV // BLOCK_N) * BLOCK_N
+        masked_hi = N_KV
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV,
+                                    OFF, 0, full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV,
+                                    OFF, full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL,
+                                    DOT_PRECISION)
     acc = acc / l_i[:, None]                            # the one final rescale
     tl.store(O + qo, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE2 + off_bh * N_CTX + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+    tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). fwd and dq: BLOCK_M queries per program, BLOCK_N keys
 # per step (BLOCK_M % BLOCK_N == 0); dkdv: BLOCK_N keys per program, BLOCK_M queries per step.
@@ -253,7 +273,9 @@ def _launch(name, kernel, grid, q, *args, config=None, **consts):
         if key not in _TUNERS:
             configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                        for bm, bn, w, s in TUNING[key[0]][key[1]]]
-            _TUNERS[key] = triton.autotune(configs, key=["N_CTX", "CAUSAL"])(kernel)
+            # key: the tile that wins depends on the lengths, the mask and the head dim (d = 16 and 32
+            # share the d = 64 candidates, so without HEAD_DIM in the key they would share a winner)
+            _TUNERS[key] = triton.autotune(configs, key=["N_Q", "N_KV", "CAUSAL", "HEAD_DIM"])(kernel)
         _TUNERS[key][grid](*args, **consts)
     else:
         bm, bn, warps, stages = config or FIXED[name]
@@ -264,26 +286,51 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 32, 64, 128)
 
 
+def _check_scale(fn, sm_scale, d):
+    """sm_scale: None (1/√d), a positive number, or a one-element tensor without grad (read once)."""
+    if sm_scale is None:
+        return d ** -0.5
+    if isinstance(sm_scale, torch.Tensor):
+        if sm_scale.requires_grad:
+            raise TypeError(f"{fn}: sm_scale is a tensor that requires grad; the kernels take the scale as a "
+                            "number and return no gradient for it: pass float(sm_scale) or sm_scale.detach()")
+        if sm_scale.numel() != 1:
+            raise ValueError(f"{fn}: sm_scale as a tensor must hold one number, got shape {tuple(sm_scale.shape)}")
+        sm_scale = sm_scale.item()
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not 0 < sm_scale < math.inf:
+        raise ValueError(f"{fn}: sm_scale must be a positive finite number, got {sm_scale!r}")
+    return float(sm_scale)
+
+
 def _check_inputs(fn, q, k, v, causal, sm_scale):
-    """Validate flash-attention inputs; return contiguous q, k, v and the softmax scale."""
+    """Validate flash-attention inputs; return contiguous q, k, v and the softmax scale as a float.
+    q: [B, H, T_q, d]; k, v: [B, H_kv, T_k, d] with H_kv dividing H (GQA/MQA)."""
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         raise TypeError(f"{fn}: q, k and v must be torch tensors")
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"{fn}: q, k, v must all have the same shape [B, H, T, d]; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"{fn}: q must be [B, H, T_q, d] and k, v one shape [B, H_kv, T_k, d] (same B and d); "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"{fn}: q, k, v must share one dtype out of float16, bfloat16, float32; got "
                         f"{q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"{fn}: head dim d must be one of {HEAD_DIMS}, got d = {q.shape[-1]}")
-    if min(q.shape[:3]) < 1:
-        raise ValueError(f"{fn}: B, H and T must be at least 1, got shape {tuple(q.shape)}")
+    B, H, T_q, d = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
+    if d not in HEAD_DIMS:
+        pad = next((h for h in HEAD_DIMS if h > d), None)
+        hint = (f"; pad q, k, v with zeros to d = {pad} (F.pad(x, (0, {pad - d}))), pass sm_scale={d}**-0.5 "
+                f"and keep out[..., :{d}]: zero columns change no score and add zero output columns") if pad else ""
+        raise ValueError(f"{fn}: head dim d must be one of {HEAD_DIMS}, got d = {d}{hint}")
+    if min(B, H, T_q, H_kv, T_k) < 1:
+        raise ValueError(f"{fn}: B, H, H_kv, T_q and T_k must be at least 1, got {tuple(q.shape)}, {tuple(k.shape)}")
+    if H % H_kv:
+        raise ValueError(f"{fn}: the H = {H} query heads must be a multiple of the H_kv = {H_kv} key/value heads "
+                         "(GQA: each group of H / H_kv query heads shares one key/value head)")
     if not isinstance(causal, bool):
         raise TypeError(f"{fn}: causal must be True or False, got {causal!r}")
-    if sm_scale is None:
-        sm_scale = q.shape[-1] ** -0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not 0 < sm_scale < math.inf:
-        raise ValueError(f"{fn}: sm_scale must be a positive finite number, got {sm_scale!r}")
+    if causal and T_q > T_k:
+        raise ValueError(f"{fn}: causal with T_q = {T_q} > T_k = {T_k}: the mask is aligned bottom-right "
+                         f"(query i sees keys <= i + T_k − T_q), so the first {T_q - T_k} queries would see no key")
+    sm_scale = _check_scale(fn, sm_scale, d)
     if not (q.device == k.device == v.device):
         raise ValueError(f"{fn}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not HAS_TRITON:
@@ -295,7 +342,7 @@ def _check_inputs(fn, q, k, v, causal, sm_scale):
     if INTERPRET and q.dtype == torch.bfloat16:
         raise TypeError(f"{fn}: the Triton interpreter computes bfloat16 arithmetic wrongly (on the "
                         "bit patterns); use float16 or float32 on the CPU")
-    return q.contiguous(), k.contiguous(), v.contiguous(), float(sm_scale)
+    return q.contiguous(), k.contiguous(), v.contiguous(), sm_scale
 
 
 def _precision(q):  # float32: exact products ("ieee"); fp16/bf16 ignore it
@@ -303,22 +350,52 @@ def _precision(q):  # float32: exact products ("ieee"); fp16/bf16 ignore it
 
 
 def _flash_forward(q, k, v, causal, sm_scale, config=None):
-    B, H, T, d = q.shape
+    """Run the forward kernel; returns O and the log-sum-exp in BASE 2 (float32, (B, H, T_q))."""
+    B, H, T_q, d = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
     o = torch.empty_like(q)
-    lse2 = torch.empty(B, H, T, dtype=torch.float32, device=q.device)  # log-sum-exp, base 2
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
-    _launch("fwd", _attn_fwd, grid, q, q, k, v, o, lse2, sm_scale * LOG2E, T, config=config,
+    lse2 = torch.empty(B, H, T_q, dtype=torch.float32, device=q.device)  # log-sum-exp, base 2
+    grid = lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
+    _launch("fwd", _attn_fwd, grid, q, q, k, v, o, lse2, sm_scale * LOG2E, T_q, T_k, H // H_kv, config=config,
             HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_precision(q))
     return o, lse2
 
 
 def flash_attention_forward(q, k, v, *, causal=False, sm_scale=None):
-    """FlashAttention-2 forward in Triton (no autograd). q, k, v: [B, H, T, d], float16/bfloat16/
-    float32, d in (16, 32, 64, 128), any T. Returns (out [B, H, T, d], lse [B, H, T] float32), lse
-    being the natural-log log-sum-exp of each row of scaled scores (Dao, 2023, Algorithm 1)."""
+    """FlashAttention-2 forward in Triton (no autograd). q: [B, H, T_q, d], k, v: [B, H_kv, T_k, d],
+    float16/bfloat16/float32, d in (16, 32, 64, 128). Returns (out [B, H, T_q, d], lse [B, H, T_q]
+    float32), lse being the NATURAL-log log-sum-exp of each row of scaled scores (the kernel keeps it
+    in base 2 and converts here; Dao, 2023, Algorithm 1). Masking as in flash_attention."""
     q, k, v, sm_scale = _check_inputs("flash_attention_forward", q, k, v, causal, sm_scale)
     o, lse2 = _flash_forward(q, k, v, causal, sm_scale)
     return o, lse2 / LOG2E
+
+def tiled_attention_backward(q, k, v, out, lse, dout, *, block_q: int, block_k: int, causal: bool = False):
+    """dQ, dK, dV of attention, tile by tile, by recomputation (FlashAttention-2, Dao 2023, Algorithm 2).
+
+    q, k, v, out, dout: (B, H, T, d); lse: (B, H, T), the NATURAL-log log-sum-exp of each row of scaled
+    scores, as tiled_attention(..., return_lse=True) returns it. Outer loop over key blocks (dK_j and dV_j
+    stay "on chip"), inner over query blocks; each tile's P is recomputed as exp(S − L), never stored.
+    Five products per tile: S, dV += PᵀdO, dP = dO Vᵀ, dQ += σ dS K, dK += σ dSᵀQ.
+    """
+    _check_tiled_args(q, k, v, block_q, block_k, causal, "fa2")
+    T, scale = q.shape[-2], q.shape[-1] ** -0.5
+    D = (dout * out).sum(-1, keepdim=True)                      # (B, H, T, 1): rowsum(dO ∘ O), line 4
+    L = lse[..., None]                                          # (B, H, T, 1)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for cols in _blocks(T, block_k):                            # one key block per "program"
+        kj, vj = k[..., cols, :], v[..., cols, :]               # (B, H, Bc, d)
+        dkj, dvj = torch.zeros_like(kj), torch.zeros_like(vj)
+        for rows in (r for r in _blocks(T, block_q) if _needed(r, cols, causal)):
+            qi, doi = q[..., rows, :], dout[..., rows, :]       # (B, H, Br, d)
+            p = torch.exp(_block_scores(qi, kj, rows, cols, scale, causal) - L[..., rows, :])  # P_ij, (B, H, Br, Bc)
+            dvj += p.transpose(-2, -1) @ doi                    # dV_j += P_ijᵀ dO_i; Pᵀ: (B, H, Bc, Br)
+            dp = doi @ vj.transpose(-2, -1)                     # dP_ij = dO_i V_jᵀ; Vᵀ: (B, H, d, Bc)
+            ds = p * (dp - D[..., rows, :])                     # dS_ij = P_ij ∘ (dP_ij − D_i)
+            dq[..., rows, :] += scale * ds @ kj                 # dQ_i += σ dS_ij K_j (read-add-write)
+            dkj += scale * ds.transpose(-2, -1) @ qi            # dK_j += σ dS_ijᵀ Q_i; dSᵀ: (B, H, Bc, Br)
+        dk[..., cols, :], dv[..., cols, :] = dkj, dvj           # written once
+    return dq, dk, dv
 
 @triton.jit
 def _attn_bwd_delta(O, DO, DELTA, N_CTX, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -332,7 +409,7 @@ def _attn_bwd_delta(O, DO, DELTA, N_CTX, HEAD_DIM: tl.constexpr, BLOCK_M: tl.con
     tl.store(DELTA + off_bh * N_CTX + offs_m, tl.sum(o * do, 1), mask=row_ok)
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_d, N_CTX, lo, hi,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_d, N_Q, OFF, lo, hi,
                          qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
                          CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dK_j, dV_j over the query blocks in [lo, hi); works on transposed tiles (keys × queries)."""
@@ -340,7 +417,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_
         rows = start_m + offs_m                                         # query positions
         qo = rows[:, None] * HEAD_DIM + offs_d[None, :]
         if MASKED:                                                      # rows past the end read as 0
-            ok = rows < N_CTX
+            ok = rows < N_Q
             q = tl.load(Q + qo, mask=ok[:, None], other=0.0)
             do = tl.load(DO + qo, mask=ok[:, None], other=0.0)
             lse2 = tl.load(LSE2 + rows, mask=ok, other=0.0)
@@ -353,9 +430,9 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_
         sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)     # (BLOCK_N, BLOCK_M) = S_ijᵀ/σ
         pT = tl.exp2(sT * qk_scale - lse2[None, :])                     # P_ijᵀ recomputed from L
         if MASKED:
-            keep = rows[None, :] < N_CTX
+            keep = rows[None, :] < N_Q
             if CAUSAL:
-                keep = keep & (rows[None, :] >= offs_n[:, None])
+                keep = keep & (rows[None, :] + OFF >= offs_n[:, None])
             pT = tl.where(keep, pT, 0.0)
         dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)      # dV_j += P_ijᵀ dO_i
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)          # dP_ijᵀ = V_j dO_iᵀ
@@ -364,44 +441,47 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_
     return dk, dv
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, qk_scale, N_CTX,
+def _attn_bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, qk_scale, N_Q, N_KV, GROUP,
                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dK, dV for BLOCK_N keys of one head (FlashAttention-2, Algorithm 2, without dQ)."""
+    """dK, dV for BLOCK_N keys of one key/value head (FlashAttention-2, Algorithm 2, without dQ).
+    GQA: the GROUP query heads that share this key/value head are visited one after the other and
+    their contributions summed on chip, so dK and dV are written once, with no atomics."""
     start_n = tl.program_id(0) * BLOCK_N
-    off_bh = tl.program_id(1)
-    head = off_bh.to(tl.int64) * N_CTX * HEAD_DIM
-    Q += head
-    DO += head
-    LSE2 += off_bh * N_CTX
-    DELTA += off_bh * N_CTX
+    off_kv = tl.program_id(1)                                          # b·H_kv + h_kv
+    kv = off_kv.to(tl.int64) * N_KV * HEAD_DIM
+    OFF = N_KV - N_Q                                                   # causal: query i sees keys <= i + OFF
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n < N_CTX
-    kv = head + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    k = tl.load(K + kv, mask=col_ok[:, None], other=0.0)               # K_j, V_j: read once
-    v = tl.load(V + kv, mask=col_ok[:, None], other=0.0)
+    col_ok = offs_n < N_KV
+    kvo = kv + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    k = tl.load(K + kvo, mask=col_ok[:, None], other=0.0)              # K_j, V_j: read once
+    v = tl.load(V + kvo, mask=col_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    if CAUSAL:  # queries before start_n see none of these keys; the diagonal blocks need a mask
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_d, N_CTX,
-                                      start_n, tl.minimum(start_n + BLOCK_N, N_CTX), qk_scale,
-                                      HEAD_DIM, BLOCK_M, True, CAUSAL, DOT_PRECISION)
-        full_lo = start_n + BLOCK_N
-        full_hi = tl.maximum(full_lo, (N_CTX // BLOCK_M) * BLOCK_M)
+    if CAUSAL:  # queries before start_n − OFF see none of these keys; the diagonal blocks need a mask
+        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
+        full_lo = lo + (start_n + BLOCK_N - OFF - lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     else:
+        lo = 0
         full_lo = 0
-        full_hi = (N_CTX // BLOCK_M) * BLOCK_M
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_d, N_CTX,
-                                  full_lo, full_hi, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL, DOT_PRECISION)
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_d, N_CTX,
-                                  full_hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, DOT_PRECISION)
-    tl.store(DK + kv, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DV + kv, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    for g in range(GROUP):                                             # the query heads of this group
+        off_bh = (off_kv * GROUP + g).to(tl.int64)                     # b·H + h, h = h_kv·GROUP + g
+        Qh, DOh = Q + off_bh * N_Q * HEAD_DIM, DO + off_bh * N_Q * HEAD_DIM
+        L2h, Dh = LSE2 + off_bh * N_Q, DELTA + off_bh * N_Q
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, L2h, Dh, offs_n, offs_m, offs_d, N_Q, OFF,
+                                      lo, full_lo, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, L2h, Dh, offs_n, offs_m, offs_d, N_Q, OFF,
+                                      full_lo, full_hi, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL, DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Qh, DOh, L2h, Dh, offs_n, offs_m, offs_d, N_Q, OFF,
+                                      full_hi, N_Q, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, DOT_PRECISION)
+    tl.store(DK + kvo, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + kvo, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 @triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, offs_m, offs_n, offs_d, N_CTX, lo, hi, qk_scale,
+def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, offs_m, offs_n, offs_d, N_KV, OFF, lo, hi, qk_scale,
                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                        CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dQ_i over the key blocks in [lo, hi)."""
@@ -409,17 +489,17 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, offs_m, offs_n, offs_d, N_C
         cols = start_n + offs_n
         kv = cols[:, None] * HEAD_DIM + offs_d[None, :]
         if MASKED:
-            k = tl.load(K + kv, mask=cols[:, None] < N_CTX, other=0.0)
-            v = tl.load(V + kv, mask=cols[:, None] < N_CTX, other=0.0)
+            k = tl.load(K + kv, mask=cols[:, None] < N_KV, other=0.0)
+            v = tl.load(V + kv, mask=cols[:, None] < N_KV, other=0.0)
         else:
             k = tl.load(K + kv)
             v = tl.load(V + kv)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.exp2(s * qk_scale - lse2[:, None])                      # P_ij recomputed from L
         if MASKED:
-            keep = cols[None, :] < N_CTX
+            keep = cols[None, :] < N_KV
             if CAUSAL:
-                keep = keep & (offs_m[:, None] >= cols[None, :])
+                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)   # dP_ij = dO_i V_jᵀ
         ds = p * (dp - delta[:, None])
@@ -428,47 +508,59 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, offs_m, offs_n, offs_d, N_C
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, sm_scale, qk_scale, N_CTX,
+def _attn_bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, sm_scale, qk_scale, N_Q, N_KV, GROUP,
                  HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dQ for BLOCK_M queries of one head; the loop structure is the forward's."""
+    """dQ for BLOCK_M queries of one head; the loop structure (and the GQA head mapping) is the forward's."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - pid_m
     off_bh = tl.program_id(1)
-    head = off_bh.to(tl.int64) * N_CTX * HEAD_DIM
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    head = off_bh.to(tl.int64) * N_Q * HEAD_DIM
+    kv_head = (off_bh // GROUP).to(tl.int64) * N_KV * HEAD_DIM
+    OFF = N_KV - N_Q
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N_CTX
+    row_ok = offs_m < N_Q
     qo = head + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     q = tl.load(Q + qo, mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + qo, mask=row_ok[:, None], other=0.0)
-    lse2 = tl.load(LSE2 + off_bh * N_CTX + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + off_bh * N_CTX + offs_m, mask=row_ok, other=0.0)
+    lse2 = tl.load(LSE2 + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     if CAUSAL:
-        full_hi = pid_m * BLOCK_M
-        masked_hi = tl.minimum(full_hi + BLOCK_M, N_CTX)
+        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
+        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
     else:
-        full_hi = (N_CTX // BLOCK_N) * BLOCK_N
-        masked_hi = N_CTX
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K + head, V + head, offs_m, offs_n, offs_d, N_CTX,
+        full_hi = (N_KV // BLOCK_N) * BLOCK_N
+        masked_hi = N_KV
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV, OFF,
                             0, full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K + head, V + head, offs_m, offs_n, offs_d, N_CTX,
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV, OFF,
                             full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, DOT_PRECISION)
     tl.store(DQ + qo, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
-def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None)):
-    B, H, T, d = q.shape
+from torch.autograd.function import once_differentiable
+
+
+def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None), dlse=None):
+    """dQ, dK, dV from the saved O and the BASE-2 log-sum-exp lse2. dlse: the gradient of the
+    natural-log log-sum-exp output, or None; it enters as D_i − dlse_i, since ∂L_i/∂S_ij = P_ij."""
+    B, H, T_q, d = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
     delta = torch.empty_like(lse2)
-    _attn_bwd_delta[(triton.cdiv(T, 64), B * H)](o, do, delta, T, HEAD_DIM=d, BLOCK_M=64)
+    _attn_bwd_delta[(triton.cdiv(T_q, 64), B * H)](o, do, delta, T_q, HEAD_DIM=d, BLOCK_M=64)
+    if dlse is not None:
+        delta = delta - dlse.float()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     consts = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_precision(q))
-    _launch("dkdv", _attn_bwd_dkdv, lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H), q,
-            q, k, v, do, lse2, delta, dk, dv, sm_scale, sm_scale * LOG2E, T, config=configs[0], **consts)
-    _launch("dq", _attn_bwd_dq, lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H), q,
-            q, k, v, do, lse2, delta, dq, sm_scale, sm_scale * LOG2E, T, config=configs[1], **consts)
+    lengths = (sm_scale, sm_scale * LOG2E, T_q, T_k, H // H_kv)
+    _launch("dkdv", _attn_bwd_dkdv, lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv), q,
+            q, k, v, do, lse2, delta, dk, dv, *lengths, config=configs[0], **consts)
+    _launch("dq", _attn_bwd_dq, lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H), q,
+            q, k, v, do, lse2, delta, dq, *lengths, config=configs[1], **consts)
     return dq, dk, dv
 
 
@@ -478,25 +570,41 @@ class _FlashAttention(torch.autograd.Function):
         o, lse2 = _flash_forward(q, k, v, causal, sm_scale)
         ctx.save_for_backward(q, k, v, o, lse2)               # O(T) memory: no P
         ctx.causal, ctx.sm_scale = causal, sm_scale
-        return o
+        ctx.set_materialize_grads(False)                      # an unused output's gradient stays None
+        return o, lse2 / LOG2E                                # the log-sum-exp leaves in natural log
 
     @staticmethod
-    def backward(ctx, do):
+    @once_differentiable                                      # the kernels have no backward of their own
+    def backward(ctx, do, dlse):
         q, k, v, o, lse2 = ctx.saved_tensors
-        dq, dk, dv = _flash_backward(q, k, v, o, lse2, do.contiguous(), ctx.causal, ctx.sm_scale)
+        do = torch.zeros_like(o) if do is None else do.contiguous()
+        dq, dk, dv = _flash_backward(q, k, v, o, lse2, do, ctx.causal, ctx.sm_scale, dlse=dlse)
         return dq, dk, dv, None, None
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                    sm_scale: float | None = None) -> torch.Tensor:
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                    sm_scale: "float | torch.Tensor | None" = None, return_lse: bool = False):
     """Attention softmax(q kᵀ · sm_scale) v with a FlashAttention-2 Triton kernel, differentiable.
 
     Forward: FlashAttention-2 (Dao, 2023, Algorithm 1): outer loop over query blocks, online softmax
-    in base 2, one final rescale, stores the log-sum-exp. Backward: recomputes P from the log-sum-exp
-    (Algorithm 2), dK/dV and dQ in separate Triton kernels. q, k, v: [B, H, T, d] of one dtype out of
-    float16, bfloat16, float32 (bfloat16 needs a GPU); d in (16, 32, 64, 128); any T >= 1.
-    causal: query t attends to keys <= t. sm_scale: default 1/sqrt(d). On a CPU it runs under
-    TRITON_INTERPRET=1. Equals F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale).
+    in base 2, one final rescale, stores the log-sum-exp (in base 2, internally). Backward: recomputes P
+    from it (Algorithm 2), dK/dV and dQ in separate Triton kernels; once differentiable (no double backward).
+    q: [B, H, T_q, d]; k, v: [B, H_kv, T_k, d], one dtype out of float16, bfloat16, float32 (bfloat16
+    needs a GPU); d in (16, 32, 64, 128) (pad others with zeros); T_q, T_k >= 1.
+    GQA/MQA: H_kv divides H; query head h reads key/value head h // (H / H_kv) in place (the
+      `repeat_interleave` convention of SDPA's enable_gqa=True), and dK, dV sum over the group.
+    causal: aligned BOTTOM-RIGHT: query i sees keys j <= i + T_k − T_q, so the last query sees every key.
+      With a cache of T_k − T_q earlier tokens, the T_q new queries sit at the end of the sequence;
+      this is torch.nn.attention.bias.causal_lower_right and flash-attn >= 2.1's convention. (SDPA's
+      is_causal=True aligns top-left; both agree when T_q = T_k.) Needs T_q <= T_k.
+    sm_scale: default 1/sqrt(d); a number, or a one-element tensor without grad.
+    return_lse: also return the log-sum-exp of each row of scaled scores, NATURAL log, float32,
+      (B, H, T_q), differentiable (its gradient enters the backward as D − dlse).
+    On a CPU it runs under TRITON_INTERPRET=1. Equals F.scaled_dot_product_attention(q, k, v,
+    attn_mask=causal_lower_right(T_q, T_k) if causal else None, scale=sm_scale, enable_gqa=True).
     """
     q, k, v, sm_scale = _check_inputs("flash_attention", q, k, v, causal, sm_scale)
-    return _FlashAttention.apply(q, k, v, causal, sm_scale)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"flash_attention: return_lse must be True or False, got {return_lse!r}")
+    o, lse = _FlashAttention.apply(q, k, v, causal, sm_scale)
+    return (o, lse) if return_lse else o

@@ -16,7 +16,7 @@ from torch.testing import assert_close
 import course_utils.flash_attention as fa
 from course_utils.device import triton_mode
 from course_utils.flash_attention import (HBMCounter, flash_attention, flash_attention_forward,
-                                          online_softmax, tiled_attention)
+                                          online_softmax, tiled_attention, tiled_attention_backward)
 
 needs_triton = pytest.mark.skipif(triton_mode() == "unavailable", reason="Triton is not installed")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -235,9 +235,18 @@ def _qkv(shape=(1, 2, 8, 32), dtype=torch.float32):
     ([torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32).half(), torch.randn(1, 2, 8, 32)], {}, TypeError,
      "share one dtype"),
     ([torch.randn(1, 2, 8, 32), torch.randn(1, 2, 5, 32), torch.randn(1, 2, 8, 32)], {}, ValueError,
-     r"same shape \[B, H, T, d\]"),
-    (_qkv((2, 8, 32)), {}, ValueError, r"same shape \[B, H, T, d\]"),
-    (_qkv((1, 2, 0, 32)), {}, ValueError, "B, H and T must be at least 1"),
+     r"k, v one shape \[B, H_kv, T_k, d\]"),
+    ([torch.randn(1, 2, 8, 32), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)], {}, ValueError,
+     r"same B and d"),
+    (_qkv((2, 8, 32)), {}, ValueError, r"q must be \[B, H, T_q, d\]"),
+    (_qkv((1, 2, 0, 32)), {}, ValueError, "B, H, H_kv, T_q and T_k must be at least 1"),
+    ([torch.randn(1, 3, 8, 32), torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32)], {}, ValueError,
+     r"H = 3 query heads must be a multiple of the H_kv = 2"),
+    ([torch.randn(1, 2, 8, 32), torch.randn(1, 2, 5, 32), torch.randn(1, 2, 5, 32)], {"causal": True}, ValueError,
+     r"causal with T_q = 8 > T_k = 5: the mask is aligned bottom-right"),
+    (_qkv((1, 2, 8, 96)), {}, ValueError, r"pad q, k, v with zeros to d = 128 \(F.pad\(x, \(0, 32\)\)\)"),
+    (_qkv(), {"sm_scale": torch.tensor(0.1, requires_grad=True)}, TypeError, "sm_scale is a tensor that requires grad"),
+    (_qkv(), {"sm_scale": torch.ones(2)}, ValueError, "sm_scale as a tensor must hold one number"),
     (_qkv(), {"causal": 1}, TypeError, "causal must be True or False"),
     (_qkv(), {"sm_scale": -1.0}, ValueError, "sm_scale must be a positive finite number"),
     (_qkv(), {"sm_scale": float("inf")}, ValueError, "sm_scale must be a positive finite number"),
@@ -263,3 +272,154 @@ def test_clear_errors_without_triton_or_interpreter(monkeypatch):
     monkeypatch.setattr(fa, "INTERPRET", False)
     with pytest.raises(RuntimeError, match="need a CUDA GPU, or TRITON_INTERPRET=1"):
         flash_attention(*_qkv())                               # CPU tensors, no interpreter
+
+
+# ---------------------------------------------------------------- round 2 (issue 22): the op's API
+
+def naive64(q, k, v, causal=False, scale=None):
+    """Attention written out in float64 with GQA by repeat_interleave and the causal mask aligned
+    bottom-right (query i sees key j <= i + T_k - T_q): returns (out, natural-log lse)."""
+    q, k, v = (t.double() for t in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)           # (B, H, T_k, d)
+    s = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, T_q, T_k)
+    if causal:
+        T_q, T_k = s.shape[-2:]
+        s = s.masked_fill(torch.ones(T_q, T_k, dtype=torch.bool, device=s.device).triu(T_k - T_q + 1), -math.inf)
+    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("order", ["fa2", "fa1"])
+def test_tiled_attention_return_lse(order, causal):
+    torch.manual_seed(5)
+    q, k, v = torch.randn(3, 2, 3, 45, 16, dtype=torch.float64)
+    out, traffic, lse = tiled_attention(q, k, v, block_q=16, block_k=8, causal=causal, order=order, return_lse=True)
+    ref, ref_lse = naive64(q, k, v, causal)
+    assert lse.shape == (2, 3, 45)
+    assert_close(out, ref)
+    assert_close(lse, ref_lse)
+    assert traffic == tiled_attention(q, k, v, block_q=16, block_k=8, causal=causal, order=order)[1]
+    with pytest.raises(TypeError, match="return_lse must be True or False"):
+        tiled_attention(q, k, v, block_q=16, block_k=8, return_lse=1)
+
+
+@pytest.mark.parametrize("T, bq, bk", [(1, 4, 4), (45, 16, 8), (64, 8, 32), (37, 37, 5)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tiled_backward_equals_autograd_through_naive_attention(T, bq, bk, causal):
+    torch.manual_seed(T)
+    q, k, v, do = torch.randn(4, 2, 2, T, 16, dtype=torch.float64)
+    out, _, lse = tiled_attention(q, k, v, block_q=bq, block_k=bk, causal=causal, return_lse=True)
+    grads = tiled_attention_backward(q, k, v, out, lse, do, block_q=bq, block_k=bk, causal=causal)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    naive64(*x, causal)[0].backward(do)
+    for got, t in zip(grads, x):
+        assert_close(got, t.grad)
+
+
+def test_tiled_backward_float32():
+    torch.manual_seed(1)
+    q, k, v, do = torch.randn(4, 1, 2, 30, 32)
+    out, _, lse = tiled_attention(q, k, v, block_q=8, block_k=16, causal=True, return_lse=True)
+    grads = tiled_attention_backward(q, k, v, out, lse, do, block_q=8, block_k=16, causal=True)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*x, is_causal=True).backward(do)
+    for got, t in zip(grads, x):
+        assert_close(got, t.grad, atol=1e-5, rtol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_return_lse_and_its_gradient(causal):
+    torch.manual_seed(6)
+    q, k, v, do = torch.randn(4, 1, 2, 37, 32, device=DEV)
+    dl = torch.randn(1, 2, 37, device=DEV)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    o, lse = flash_attention(*x, causal=causal, return_lse=True)
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, 37)
+    ((o * do).sum() + (lse * dl).sum()).backward()
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    ref, ref_lse = naive64(*xr, causal)
+    assert_close(o.double(), ref.detach(), atol=1e-5, rtol=0)
+    assert_close(lse.double(), ref_lse.detach(), atol=1e-5, rtol=0)
+    ((ref * do.double()).sum() + (ref_lse * dl.double()).sum()).backward()
+    for t, r in zip(x, xr):
+        assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=0)
+    o2 = flash_attention(q, k, v, causal, None, False)                   # positional arguments too
+    assert torch.equal(o2, o.detach())
+
+
+@needs_triton
+@pytest.mark.parametrize("group", [1, 2, 4, 8])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_matches_sdpa_enable_gqa(group, causal):
+    torch.manual_seed(group)
+    H_kv, T = 2 if group < 8 else 1, 21
+    q, do = torch.randn(2, 2, H_kv * group, T, 16, device=DEV)           # (B, H, T, d)
+    k, v = torch.randn(2, 2, H_kv, T, 16, device=DEV)                    # (B, H_kv, T, d)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*x, causal=causal)
+    out.backward(do)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*xr, is_causal=causal, enable_gqa=True)
+    ref.backward(do.double())
+    assert out.shape == q.shape and x[1].grad.shape == k.shape
+    assert_close(out.double(), ref.detach(), atol=1e-5, rtol=0)
+    for t, r in zip(x, xr):                                              # dK, dV summed over the group
+        assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("T_q, T_k, causal", [(1, 50, True), (1, 50, False), (7, 40, True), (40, 17, False),
+                                              (16, 64, True), (33, 33, True), (64, 16, False)])
+def test_unequal_lengths_match_sdpa_causal_lower_right(T_q, T_k, causal):
+    from torch.nn.attention.bias import causal_lower_right
+    torch.manual_seed(T_q * T_k)
+    q, do = torch.randn(2, 1, 4, T_q, 32, device=DEV)
+    k, v = torch.randn(2, 1, 2, T_k, 32, device=DEV)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash_attention(*x, causal=causal, return_lse=True)
+    out.backward(do)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*xr, attn_mask=causal_lower_right(T_q, T_k) if causal else None,
+                                         enable_gqa=True)
+    ref.backward(do.double())
+    assert_close(out.double(), ref.detach(), atol=1e-5, rtol=0)
+    assert_close(lse.double(), naive64(q, k, v, causal)[1], atol=1e-5, rtol=0)
+    for t, r in zip(x, xr):
+        assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=0)
+    if T_q == 1 and causal:                                              # a decode step sees every key
+        assert_close(out.double(), naive64(q, k, v, False)[0], atol=1e-5, rtol=0)
+
+
+@needs_triton
+def test_float16_gqa_unequal_lengths():
+    torch.manual_seed(9)
+    q, do = (torch.randn(1, 4, 24, 64, device=DEV).half() for _ in range(2))
+    k, v = (torch.randn(1, 1, 56, 64, device=DEV).half() for _ in range(2))
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    flash_attention(*x, causal=True).backward(do)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    naive64(*xr, True)[0].backward(do.double())
+    for t, r in zip(x, xr):
+        assert_close(t.grad.double(), r.grad, atol=TOL[torch.float16] * 2, rtol=0)
+
+
+@needs_triton
+def test_scale_tensor_and_double_backward():
+    torch.manual_seed(2)
+    q, k, v = torch.randn(3, 1, 2, 9, 16, device=DEV)
+    assert torch.equal(flash_attention(q, k, v, sm_scale=torch.tensor(0.3)), flash_attention(q, k, v, sm_scale=0.3))
+    x = q.clone().requires_grad_()
+    g, = torch.autograd.grad((flash_attention(x, k, v) ** 2).sum(), x, create_graph=True)  # dO depends on x
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
+def test_padding_advice_of_the_head_dim_error_is_right():
+    """The error for d = 96 says: pad to 128 with zeros, pass sm_scale = 96**-0.5, keep out[..., :96]."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 2, 10, 96, dtype=torch.float64)
+    pad = [F.pad(t, (0, 32)) for t in (q, k, v)]
+    out = F.scaled_dot_product_attention(*pad, scale=96 ** -0.5)[..., :96]
+    assert_close(out, F.scaled_dot_product_attention(q, k, v))

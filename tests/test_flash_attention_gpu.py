@@ -101,8 +101,33 @@ def test_forward_kernel_compiles_to_wgmma_on_hopper(d, config):
     T = 2 * bm
     q, k, v = (torch.randn(1, 1, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     o, lse2 = torch.empty_like(q), torch.empty(1, 1, T, device="cuda")
-    compiled = _attn_fwd[(2, 1)](q, k, v, o, lse2, d ** -0.5 * LOG2E, T, HEAD_DIM=d, CAUSAL=False,
+    compiled = _attn_fwd[(2, 1)](q, k, v, o, lse2, d ** -0.5 * LOG2E, T, T, 1, HEAD_DIM=d, CAUSAL=False,
                                  DOT_PRECISION="tf32", BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
     assert "wgmma.mma_async" in compiled.asm["ptx"]
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
     torch.testing.assert_close(o.double(), ref, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("H, H_kv, T_q, T_k, d, causal", [
+    (16, 2, 1024, 1024, 64, True), (8, 1, 1, 4000, 128, True), (8, 8, 300, 2048, 64, True),
+    (4, 2, 2048, 777, 128, False), (32, 4, 129, 4096, 64, False)])
+def test_gqa_and_unequal_lengths_bf16(H, H_kv, T_q, T_k, d, causal):
+    """Compiled kernels on GQA and T_q != T_k (bottom-right causal), output, LSE and grads against
+    float64 attention written out here (repeat_interleave, explicit lower-right mask)."""
+    torch.manual_seed(H * T_q + T_k)
+    q, do = (torch.randn(2, H, T_q, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(2, H_kv, T_k, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    o, lse = flash_attention(*x, causal=causal, return_lse=True)
+    o.backward(do)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    g = H // H_kv
+    s = xr[0] @ xr[1].repeat_interleave(g, 1).transpose(-2, -1) * d ** -0.5
+    if causal:
+        s = s.masked_fill(torch.ones(T_q, T_k, dtype=torch.bool, device="cuda").triu(T_k - T_q + 1), float("-inf"))
+    ref = torch.softmax(s, -1) @ xr[2].repeat_interleave(g, 1)
+    ref.backward(do.double())
+    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1).detach(), atol=2e-2, rtol=0)
+    for got, want in [(o, ref.detach())] + [(t.grad, r.grad) for t, r in zip(x, xr)]:
+        err = (got.double() - want).norm() / want.norm()
+        assert err < 2e-2, err
