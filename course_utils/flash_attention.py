@@ -462,7 +462,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, qk_scale, N_Q, N_
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     if CAUSAL:  # queries before start_n − OFF see none of these keys; the diagonal blocks need a mask
         lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
-        full_lo = lo + (start_n + BLOCK_N - OFF - lo + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        # rows from full_lo on see the whole key block; when T_k − T_q is large, that is every row
+        # from lo on (without the maximum, a negative count sent the unmasked loop to rows < 0)
+        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
     else:
         lo = 0
         full_lo = 0
