@@ -8,13 +8,12 @@ they fail: `.ci/run` installs the browser. Screenshots of the last run: build/sc
 """
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from _servers import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"
@@ -57,12 +56,6 @@ def browser():
         b.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def lab_settings(folder: Path) -> Path:
     """JupyterLab user settings for the test: every cell in the page (no windowing, so a cell
     far down exists in the DOM) and no news pop-up over the notebook."""
@@ -95,14 +88,7 @@ def lab(tmp_path):
     try:
         yield f"http://127.0.0.1:{port}", token, rel, proc, log
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
         log.close()
         shutil.rmtree(ROOT / rel, ignore_errors=True)
 

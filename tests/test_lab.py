@@ -1,24 +1,16 @@
 """`make lab` starts a JupyterLab server that serves the notebooks (headless, on a free port), and
 no command overwrites a learner's copy in exercises/."""
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from _servers import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def learner_copy(folder: Path) -> Path:
@@ -82,11 +74,4 @@ def test_make_lab_serves_the_notebooks_and_keeps_the_learner_copy(tmp_path):
             assert r.status == 200 and b"JupyterLab" in r.read()
         assert mine.read_bytes() == before, "make lab overwrote the learner's copy"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
