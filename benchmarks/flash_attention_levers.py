@@ -351,13 +351,58 @@ def cpu_check():
                   f"tma fwd {e_o:.1e}, lse {e_l:.1e}, fused bwd {e_g:.1e}")
 
 
+def resources():
+    """Registers per thread, spilled bytes and shared memory of each kernel at its configs (ptxas, via
+    Triton's compiled-kernel object): the compiler's own account of register pressure."""
+    B, T = 2, 8192
+    for d in (64, 128):
+        H = 2048 // d
+        q, k, v, do = (torch.randn(B, H, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        o, lse2 = fa._flash_forward(q, k, v, False, d ** -0.5, config=(128, 64, 4, 3))
+        delta = torch.zeros_like(lse2)
+        dq32 = torch.zeros(B, H, T, d, device="cuda")
+        common = dict(HEAD_DIM=d, CAUSAL=False)
+        lengths = (T, T, 1)
+        jobs = [("fwd cur", c, lambda c: fa._attn_fwd[(T // c[0], B * H)](
+                    q, k, v, o, lse2, d ** -0.5 * fa.LOG2E, *lengths, **common, DOT_PRECISION="tf32",
+                    BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3])) for c in FWD_CONFIGS[:4]]
+        jobs += [("fwd tma", c, lambda c: _fwd_tma[(T // c[0], B * H)](
+                    _desc(q, c[0]), _desc(k, c[1]), _desc(v, c[1]), _desc(o, c[0]), lse2, d ** -0.5 * fa.LOG2E,
+                    *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1], WARP_SPEC=False, num_warps=c[2],
+                    num_stages=c[3])) for c in FWD_CONFIGS[:4]]
+        jobs += [("dkdv", c, lambda c: fa._attn_bwd_dkdv[(T // c[1], B * H)](
+                    q, k, v, do, lse2, delta, k, v, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common,
+                    DOT_PRECISION="tf32", BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
+                 for c in [(64, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 128, 4, 3)]]
+        jobs += [("dq", c, lambda c: fa._attn_bwd_dq[(T // c[0], B * H)](
+                    q, k, v, do, lse2, delta, q, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common,
+                    DOT_PRECISION="tf32", BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
+                 for c in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3)]]
+        jobs += [("fused atomic", c, lambda c: _bwd_fused[(T // c[1], B * H)](
+                    q, k, v, do, lse2, delta, k, v, dq32, None, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths,
+                    **common, BLOCK_M=c[0], BLOCK_N=c[1], DQ_TMA=False, num_warps=c[2], num_stages=c[3]))
+                 for c in FUSED_CONFIGS[:4]]
+        for name, c, launch in jobs:
+            try:
+                kern = launch(c)
+                print(f"resources d={d:3d} {name:12s} {str(c):18s} regs/thread {kern.n_regs:3d}  spilled "
+                      f"{kern.n_spills:5d} B  shared {kern.metadata.shared // 1024:4d} KiB", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"resources d={d:3d} {name:12s} {str(c):18s} {type(e).__name__}: {str(e)[:80]}", flush=True)
+        del q, k, v, do, o, lse2, delta, dq32
+        torch.cuda.empty_cache()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu-check", action="store_true")
+    p.add_argument("--resources", action="store_true", help="registers, spills, shared memory per kernel")
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "assets")))
     args = p.parse_args()
     if args.cpu_check:
         cpu_check()
+    elif args.resources:
+        resources()
     else:
         gpu_main(args.out)
 
