@@ -9,11 +9,16 @@ Variants (each is lesson 07's kernel with ONE change, so a difference in time ha
     tma       the same loop with Q, K, V, O read and written through TMA tensor descriptors (3-D,
               [B·H, T, d], so a block past T is clipped per head) and the P·V product accumulating into
               acc (`tl.dot(p, v, acc)`, as Triton's tutorial 06 does)
-    tma_ws    tma with `tl.range(..., warp_specialize=True)` (Triton's automatic warp specialisation)
+    tma_ws    tma with `tl.range(..., warp_specialize=True)` (Triton's automatic warp specialisation;
+              round 1 only: Triton 3.6 refuses it on sm_90)
+    tma_pipe  tma with the loop skewed by hand: S of the next key block is issued before the softmax
+              of this one (FlashAttention-3's intra-warpgroup overlap, asked for in plain Triton)
   backward (dQ, dK, dV from O and the base-2 log-sum-exp)
     cur       the two kernels of lesson 07 (dK/dV, then dQ: 4 + 3 = 7 products per tile), config pairs
     atomic    one kernel, FlashAttention-2's Algorithm 2 (Dao, 2023): per tile S, dV, dP, dK and dQ,
               5 products; dQ added to a float32 buffer with `tl.atomic_add(..., sem="relaxed")`
+    tma7      cur (7 products, two kernels) with every tile read and written through TMA descriptors
+    tma5      atomic with TMA loads and dQ by TMA reduce-add (5 products, one kernel)
     tma_red   atomic, with dQ added by the TMA engine (`desc.atomic_add`, a bulk reduce-add:
               FlashAttention-3's way of writing dQ, Shah et al., 2024, §3.1)
 Every variant is checked against SDPA's memory-efficient kernel on float32 copies before it is timed
@@ -101,6 +106,66 @@ def _fwd_tma(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
     acc = acc / l_i[:, None]
     desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows >= T_q clipped
     tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
+
+
+@triton.jit
+def _fwd_pipe(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
+              HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_fwd_tma with the loop skewed by hand: S_(j+1) = Q K_(j+1)ᵀ is issued before the softmax of S_j,
+    so the matrix unit can work while the exponentials are computed (the overlap FlashAttention-3,
+    Shah et al., 2024, §3.2, gets within one warpgroup). The last step computes one unused S."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    off_bh = tl.program_id(1)
+    off_kv = off_bh // GROUP
+    OFF = N_KV - N_Q
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
+        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
+    else:
+        full_hi = (N_KV // BLOCK_N) * BLOCK_N
+        masked_hi = N_KV
+    if full_hi > 0:
+        k = desc_k.load([off_kv, 0, 0]).reshape(BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k))
+        for start_n in range(0, full_hi, BLOCK_N):
+            nxt = tl.minimum(start_n + BLOCK_N, full_hi - BLOCK_N)
+            k_next = desc_k.load([off_kv, nxt, 0]).reshape(BLOCK_N, HEAD_DIM)
+            s_next = tl.dot(q, tl.trans(k_next))                       # issued before the softmax below
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.exp2(s * qk_scale - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+            acc = tl.dot(p.to(v.dtype), v, acc)
+            m_i = m_new
+            s = s_next
+    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
+                                   full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, False)
+    acc = acc / l_i[:, None]
+    desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
+    tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
+
+
+def forward_pipe(q, k, v, causal, sm_scale, config):
+    B, H, T_q, d = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
+    bm, bn, w, s = config
+    o = torch.empty_like(q)
+    lse2 = torch.empty(B, H, T_q, dtype=torch.float32, device=q.device)
+    _fwd_pipe[(triton.cdiv(T_q, bm), B * H)](
+        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(o, bm), lse2, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv,
+        HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+    return o, lse2
 
 
 def _desc(t, block):
@@ -216,13 +281,155 @@ def backward_fused(q, k, v, o, lse2, do, causal, sm_scale, config, dq_tma=False)
     return (dq32 * sm_scale).to(q.dtype), dk, dv
 
 
+# ------------------------------------------------ backward with TMA loads (fewer registers for addresses)
+@triton.jit
+def _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, LSE2, DELTA, bh, offs_n, offs_m, N_Q, OFF, lo, hi,
+                      qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                      CAUSAL: tl.constexpr, FUSED_DQ: tl.constexpr):
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        q = desc_q.load([bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)      # rows >= T_q read as 0
+        do = desc_do.load([bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        if MASKED:
+            ok = rows < N_Q
+            lse2 = tl.load(LSE2 + rows, mask=ok, other=0.0)
+            delta = tl.load(DELTA + rows, mask=ok, other=0.0)
+        else:
+            lse2 = tl.load(LSE2 + rows)
+            delta = tl.load(DELTA + rows)
+        sT = tl.dot(k, tl.trans(q))
+        pT = tl.exp2(sT * qk_scale - lse2[None, :])
+        if MASKED:
+            keep = rows[None, :] < N_Q
+            if CAUSAL:
+                keep = keep & (rows[None, :] + OFF >= offs_n[:, None])
+            pT = tl.where(keep, pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do)
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dk += tl.dot(dsT, q)
+        if FUSED_DQ:                                                        # 5th product, reduced by TMA
+            dq = tl.dot(tl.trans(dsT), k)
+            desc_dq.atomic_add([bh, start_m, 0], dq.reshape(1, BLOCK_M, HEAD_DIM))
+    return dk, dv
+
+
+@triton.jit
+def _bwd_kv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, desc_dq, LSE2, DELTA, sm_scale, qk_scale,
+                N_Q, N_KV, GROUP, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, FUSED_DQ: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    off_kv = tl.program_id(1)
+    OFF = N_KV - N_Q
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
+        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
+    else:
+        lo = 0
+        full_lo = 0
+    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    for g in range(GROUP):
+        bh = off_kv * GROUP + g
+        L2h, Dh = LSE2 + bh.to(tl.int64) * N_Q, DELTA + bh.to(tl.int64) * N_Q
+        dk, dv = _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
+                                   lo, full_lo, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, FUSED_DQ)
+        dk, dv = _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
+                                   full_lo, full_hi, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL, FUSED_DQ)
+        dk, dv = _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
+                                   full_hi, N_Q, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, FUSED_DQ)
+    desc_dk.store([off_kv, start_n, 0], (dk * sm_scale).to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))
+    desc_dv.store([off_kv, start_n, 0], dv.to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))
+
+
+@triton.jit
+def _bwd_q_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, lo, hi, qk_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k))
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+        if MASKED:
+            cols = start_n + offs_n
+            keep = cols[None, :] < N_KV
+            if CAUSAL:
+                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    return dq
+
+
+@triton.jit
+def _bwd_q_tma(desc_q, desc_k, desc_v, desc_do, desc_dq, LSE2, DELTA, sm_scale, qk_scale, N_Q, N_KV, GROUP,
+               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    off_bh = tl.program_id(1)
+    off_kv = off_bh // GROUP
+    OFF = N_KV - N_Q
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_ok = offs_m < N_Q
+    q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    do = desc_do.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    lse2 = tl.load(LSE2 + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
+        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
+    else:
+        full_hi = (N_KV // BLOCK_N) * BLOCK_N
+        masked_hi = N_KV
+    dq = _bwd_q_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0, full_hi,
+                          qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL)
+    dq = _bwd_q_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, full_hi,
+                          masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL)
+    desc_dq.store([off_bh, start_m, 0], (dq * sm_scale).to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
+
+
+def backward_tma(q, k, v, o, lse2, do, causal, sm_scale, config, fused=False, dq_config=None):
+    """7 products (fused=False: dK/dV kernel, then dQ kernel with dq_config) or 5 (fused=True: dQ
+    by TMA reduce-add into float32), every tile read through TMA descriptors."""
+    B, H, T_q, d = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
+    bm, bn, w, s = config
+    delta = torch.empty_like(lse2)
+    fa._attn_bwd_delta[(triton.cdiv(T_q, 64), B * H)](o, do, delta, T_q, HEAD_DIM=d, BLOCK_M=64)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dq = torch.zeros(B, H, T_q, d, dtype=torch.float32, device=q.device) if fused else torch.empty_like(q)
+    lengths = (sm_scale, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv)
+    _bwd_kv_tma[(triton.cdiv(T_k, bn), B * H_kv)](
+        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(do, bm), _desc(dk, bn), _desc(dv, bn),
+        _desc(dq, bm) if fused else None, lse2, delta, *lengths, HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm,
+        BLOCK_N=bn, FUSED_DQ=fused, num_warps=w, num_stages=s)
+    if fused:
+        return (dq * sm_scale).to(q.dtype), dk, dv
+    bm, bn, w, s = dq_config
+    _bwd_q_tma[(triton.cdiv(T_q, bm), B * H)](
+        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(do, bm), _desc(dq, bm), lse2, delta, *lengths,
+        HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+    return dq, dk, dv
+
+
 # ----------------------------------------------------------------------------------------- the runs
-FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 4),
-               (64, 64, 4, 3)]
-BWD_PAIRS = [((64, 128, 4, 3), (128, 64, 8, 3)), ((32, 128, 4, 3), (128, 32, 4, 3)),
-             ((32, 128, 4, 5), (128, 32, 4, 5)), ((64, 128, 8, 3), (128, 64, 8, 2)),
-             ((64, 64, 4, 3), (128, 64, 4, 3))]
-FUSED_CONFIGS = [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)]
+# Round 1 of this script (its outcome is in NOTES) also timed (128, 128, 8, 2), (128, 64, 4, 4), the pairs
+# ((64, 128, 4, 3), (128, 64, 8, 3)) and ((32, 128, 4, 5), (128, 32, 4, 5)), and `tma_ws`; dropped from round 2.
+FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]
+BWD_PAIRS = [((64, 128, 8, 3), (128, 64, 8, 2)), ((64, 64, 4, 3), (128, 64, 4, 3)),
+             ((32, 128, 4, 3), (128, 32, 4, 3))]
+TMA_PAIRS = BWD_PAIRS + [((64, 128, 4, 3), (128, 64, 4, 3))]
+FUSED_CONFIGS = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (64, 128, 8, 2)]
 SHAPES = [(64, False, 8192, 2, 32), (64, True, 8192, 2, 32), (128, False, 8192, 2, 16),
           (128, True, 8192, 2, 16), (64, True, 16384, 1, 16)]  # (d, causal, T, B, H); last: CS336
 
@@ -279,15 +486,17 @@ def gpu_main(out):
         fwd_variants = [("cur", c, lambda c=c: fa._flash_forward(q, k, v, causal, scale, config=c)) for c in FWD_CONFIGS]
         if TensorDescriptor is not None:
             fwd_variants += [("tma", c, lambda c=c: forward_tma(q, k, v, causal, scale, c)) for c in FWD_CONFIGS]
-            fwd_variants += [("tma_ws", c, lambda c=c: forward_tma(q, k, v, causal, scale, c, True))
-                             for c in FWD_CONFIGS if c[2] == 4]
+            fwd_variants += [("tma_pipe", c, lambda c=c: forward_pipe(q, k, v, causal, scale, c))
+                             for c in FWD_CONFIGS]
         bwd_variants = [("cur", p, lambda p=p: fa._flash_backward(q, k, v, o, lse2, do, causal, scale, configs=p))
                         for p in BWD_PAIRS]
-        bwd_variants += [("atomic", c, lambda c=c: backward_fused(q, k, v, o, lse2, do, causal, scale, c))
-                         for c in FUSED_CONFIGS]
         if TensorDescriptor is not None:
             bwd_variants += [("tma_red", c, lambda c=c: backward_fused(q, k, v, o, lse2, do, causal, scale, c, True))
-                             for c in FUSED_CONFIGS[:3]]
+                             for c in FUSED_CONFIGS[:2]]
+            bwd_variants += [("tma7", p, lambda p=p: backward_tma(q, k, v, o, lse2, do, causal, scale, p[0],
+                                                                  dq_config=p[1])) for p in TMA_PAIRS]
+            bwd_variants += [("tma5", c, lambda c=c: backward_tma(q, k, v, o, lse2, do, causal, scale, c, fused=True))
+                             for c in FUSED_CONFIGS]
         for pss, variants in (("fwd", fwd_variants), ("bwd", bwd_variants)):
             for name, cfg, fn in variants:
                 r = dict(base, variant=name, config=str(cfg), **{"pass": pss})
@@ -328,7 +537,7 @@ def cpu_check():
     from torch.nn.attention.bias import causal_lower_right  # noqa: PLC0415
     torch.manual_seed(0)
     cases = [(1, 2, 1, 37, 37, 16, False), (1, 2, 1, 37, 37, 16, True), (2, 4, 2, 20, 53, 32, True),
-             (1, 4, 1, 45, 45, 16, False), (1, 2, 2, 1, 40, 16, True)]
+             (1, 4, 1, 45, 45, 16, False), (1, 2, 2, 1, 40, 16, True), (1, 2, 1, 9, 9, 16, False)]
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 3e-3)):
         for B, H, H_kv, T_q, T_k, d, causal in cases:
             q = torch.randn(B, H, T_q, d, dtype=dtype)
@@ -344,11 +553,14 @@ def cpu_check():
             o_c, lse_c = fa._flash_forward(q, k, v, causal, scale)
             grads = backward_fused(q, k, v, o_c, lse_c, do, causal, scale, (16, 16, 4, 2))
             e_g = max(rel_err(x, t.grad) for x, t in zip(grads, (q64, k64, v64)))
-            e_t = 0.0  # dq_tma: the interpreter has no descriptor reduce (Triton 3.9); checked on the GPU
+            # dq_tma / fused=True: the interpreter has no descriptor reduce (Triton 3.9); checked on the GPU
+            o_p, _ = forward_pipe(q, k, v, causal, scale, (16, 16, 4, 2))
+            grads_7 = backward_tma(q, k, v, o_c, lse_c, do, causal, scale, (16, 16, 4, 2), dq_config=(16, 16, 4, 2))
+            e_t = max([rel_err(o_p, o64.detach())] + [rel_err(x, t.grad) for x, t in zip(grads_7, (q64, k64, v64))])
             e_l = rel_err(lse2, lse_c.double())
             assert max(e_o, e_g, e_t, e_l) < tol, (dtype, B, H, H_kv, T_q, T_k, d, causal, e_o, e_g, e_t, e_l)
             print(f"✓ {str(dtype)[6:]:8s} B={B} H={H} H_kv={H_kv} T_q={T_q:2d} T_k={T_k:2d} d={d} causal={causal!s:5s} "
-                  f"tma fwd {e_o:.1e}, lse {e_l:.1e}, fused bwd {e_g:.1e}")
+                  f"tma fwd {e_o:.1e}, lse {e_l:.1e}, fused bwd {e_g:.1e}, pipe fwd / tma bwd {e_t:.1e}")
 
 
 def resources():
@@ -382,6 +594,19 @@ def resources():
                     q, k, v, do, lse2, delta, k, v, dq32, None, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths,
                     **common, BLOCK_M=c[0], BLOCK_N=c[1], DQ_TMA=False, num_warps=c[2], num_stages=c[3]))
                  for c in FUSED_CONFIGS[:4]]
+        desc = lambda t, b: _desc(t, b)  # noqa: E731
+        jobs += [("fwd pipe", c, lambda c: _fwd_pipe[(T // c[0], B * H)](
+                    desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(o, c[0]), lse2, d ** -0.5 * fa.LOG2E,
+                    *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
+                 for c in FWD_CONFIGS]
+        jobs += [("dkdv tma", c, lambda c: _bwd_kv_tma[(T // c[1], B * H)](
+                    desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(do, c[0]), desc(k, c[1]), desc(v, c[1]),
+                    None, lse2, delta, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, BLOCK_M=c[0],
+                    BLOCK_N=c[1], FUSED_DQ=False, num_warps=c[2], num_stages=c[3])) for c, _ in TMA_PAIRS]
+        jobs += [("dq tma", c, lambda c: _bwd_q_tma[(T // c[0], B * H)](
+                    desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(do, c[0]), desc(q, c[0]), lse2, delta,
+                    d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1],
+                    num_warps=c[2], num_stages=c[3])) for _, c in TMA_PAIRS]
         for name, c, launch in jobs:
             try:
                 kern = launch(c)
