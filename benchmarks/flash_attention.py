@@ -213,7 +213,7 @@ def main_sweep(args):
 def tuned_configs(d, T, causal, dtype):
     """The configs the autotuner kept for this shape, as 'fwd 128x64 w4 s3; dkdv ...; dq ...'."""
     out = []
-    for name in ("fwd", "dkdv", "dq"):
+    for name in ("fwd", "dkdv", "dq", "dkdv_tma", "dq_tma"):
         tuner = fa._TUNERS.get((name, max(d, 64)))
         for key, c in (tuner.cache.items() if tuner else ()):
             if key[0] == T and key[1] == T and key[2] == causal and str(dtype) in key:  # N_Q, N_KV, CAUSAL, d
@@ -339,6 +339,17 @@ def plot(rows, mem_rows, out, gpu):
     fig.suptitle(f"Attention speed on {gpu}, bf16, B·T = 16k tokens, hidden 2048")
     fig.tight_layout()
     fig.savefig(Path(out) / "07_flash_attention_tflops.png")
+    plot_memory(mem_rows, out, gpu)
+
+
+def plot_memory(mem_rows, out, gpu):
+    from course_utils import plotting  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+
+    plotting.use_style()
+    colors = {"naive": "grey", "sdpa_flash": "orange", "ours": "blue"}
+    labels = {"naive": "naive PyTorch", "sdpa_flash": "SDPA FlashAttention-2", "ours": "ours (Triton)"}
     fig, ax = plotting.figure(width=6, height=3.4)
     for m, ls in (("naive", "o-"), ("sdpa_flash", "s-"), ("ours", "o--")):
         pts = [(r["T"], r["peak_fwd_mib"]) for r in mem_rows if r["method"] == m and r["peak_fwd_mib"] == r["peak_fwd_mib"]]
@@ -441,7 +452,7 @@ def main_runs(args):
                 and r["run"] == run and r["T"] == T and r["d"] == d and r["causal"] == causal),
                 f"[{time.time() - t0:.0f} s]", flush=True)
             write_csv(rows, Path(args.out) / "07_flash_attention_runs.csv", quiet=True)
-    tuned = {f"{n}/d{d}": str(list(fa._TUNERS[(n, d)].cache.items())[:4]) for n in ("fwd", "dkdv", "dq")
+    tuned = {f"{n}/d{d}": str(list(fa._TUNERS[(n, d)].cache.items())[:4]) for n in ("fwd", "dkdv", "dq", "dkdv_tma", "dq_tma")
              for d in (64, 128) if (n, d) in fa._TUNERS}
     print("autotuner choices (key -> config):", tuned)
     return rows
@@ -454,6 +465,7 @@ def main():
     p.add_argument("--out", default=str(ROOT / "assets"))
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--sweep", action="store_true", help="time every tuning candidate instead")
+    p.add_argument("--memory", action="store_true", help="only the peak-memory run (CSV and PNG)")
     p.add_argument("--sweep-T", type=int, nargs="+", default=[4096, 16384])
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -468,6 +480,12 @@ def main():
         return
     if args.sweep:
         main_sweep(args)
+        return
+    if args.memory:
+        args.memory_T = (1024, 2048, 4096, 8192, 16384, 32768)
+        mem_rows = main_memory(args)
+        write_csv(mem_rows, Path(args.out) / "07_flash_attention_memory.csv")
+        plot_memory(mem_rows, args.out, gpu)
         return
     tflops, gbs = device_ceilings()
     print(f"measured ceilings: bf16 matmul 8192³ {tflops:.0f} TFLOP/s, copy {gbs:.0f} GB/s")

@@ -179,6 +179,11 @@ except ImportError:
 
     triton = tl = _NoTriton()
 
+try:  # TMA tensor descriptors (Triton >= 3.4); section 9's fast path for the backward uses them
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
+
 # Triton reads TRITON_INTERPRET when a kernel is defined; importing course_utils sets it without a GPU.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2 e)
@@ -253,7 +258,8 @@ def _attn_fwd(Q, K, V, O, LSE2, qk_scale, N_Q, N_KV, GROUP,
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). fwd and dq: BLOCK_M queries per program, BLOCK_N keys
 # per step (BLOCK_M % BLOCK_N == 0); dkdv: BLOCK_N keys per program, BLOCK_M queries per step.
-FIXED = {"fwd": (32, 16, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 16, 4, 2)}
+FIXED = {"fwd": (32, 16, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 16, 4, 2),
+         "dkdv_tma": (16, 32, 4, 2), "dq_tma": (32, 16, 4, 2)}
 TUNING = {  # candidates for fp16/bf16 on a GPU, by kernel and head dim (d < 64 uses the d = 64 row)
     "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
             128: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]},
@@ -261,17 +267,22 @@ TUNING = {  # candidates for fp16/bf16 on a GPU, by kernel and head dim (d < 64 
              128: [(64, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3)]},
     "dq": {64: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 4, 3)],
            128: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 4)]},
+    # section 9's TMA kernels: the tiles that won in benchmarks/flash_attention_levers.py on an H200
+    "dkdv_tma": {64: [(64, 64, 4, 3), (64, 128, 8, 3), (32, 128, 4, 3)], 128: [(64, 128, 8, 3), (64, 64, 4, 3)]},
+    "dq_tma": {64: [(128, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3)], 128: [(128, 64, 8, 2), (128, 32, 4, 3)]},
 }
 _TUNERS = {}
 
 
-def _launch(name, kernel, grid, q, *args, config=None, **consts):
+def _launch(name, kernel, grid, q, *args, config=None, pre_hook=None, **consts):
     """Launch `kernel` over grid(meta). fp16/bf16 on a GPU: autotuned over TUNING[name]; otherwise
-    (interpreter, float32) FIXED[name]. `config` = (BLOCK_M, BLOCK_N, warps, stages) forces one."""
+    (interpreter, float32) FIXED[name]. `config` = (BLOCK_M, BLOCK_N, warps, stages) forces one.
+    pre_hook(nargs), if given, runs before each launch with the arguments by name and the tile sizes
+    (section 9's TMA descriptors take their block shape from it)."""
     if config is None and q.is_cuda and not INTERPRET and q.dtype != torch.float32:
         key = (name, max(q.shape[-1], 64))
         if key not in _TUNERS:
-            configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=pre_hook)
                        for bm, bn, w, s in TUNING[key[0]][key[1]]]
             # key: the tile that wins depends on the lengths, the mask and the head dim (d = 16 and 32
             # share the d = 64 candidates, so without HEAD_DIM in the key they would share a winner)
@@ -280,6 +291,8 @@ def _launch(name, kernel, grid, q, *args, config=None, **consts):
     else:
         bm, bn, warps, stages = config or FIXED[name]
         meta = {"BLOCK_M": bm, "BLOCK_N": bn}
+        if pre_hook is not None:
+            pre_hook({**dict(zip(kernel.arg_names, args)), **consts, **meta})
         kernel[grid(meta)](*args, **consts, **meta, num_warps=warps, num_stages=stages)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -544,12 +557,155 @@ def _attn_bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, sm_scale, qk_scale, N_Q, N_KV, GR
                             full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, DOT_PRECISION)
     tl.store(DQ + qo, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
+@triton.jit
+def _attn_bwd_dkdv_tma_inner(dk, dv, k, v, desc_q, desc_do, LSE2, DELTA, bh, offs_n, offs_m, N_Q, OFF, lo, hi,
+                             qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+                             CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """_attn_bwd_dkdv_inner with Q_i and dO_i read by the copy engine (rows >= T_q arrive as 0)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        q = desc_q.load([bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)   # (1, BLOCK_M, d) -> (BLOCK_M, d)
+        do = desc_do.load([bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        if MASKED:
+            lse2 = tl.load(LSE2 + rows, mask=rows < N_Q, other=0.0)
+            delta = tl.load(DELTA + rows, mask=rows < N_Q, other=0.0)
+        else:
+            lse2 = tl.load(LSE2 + rows)
+            delta = tl.load(DELTA + rows)
+        sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)            # S_ijᵀ / σ
+        pT = tl.exp2(sT * qk_scale - lse2[None, :])
+        if MASKED:
+            keep = rows[None, :] < N_Q
+            if CAUSAL:
+                keep = keep & (rows[None, :] + OFF >= offs_n[:, None])
+            pT = tl.where(keep, pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)     # dV_j += P_ijᵀ dO_i
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)         # dP_ijᵀ = V_j dO_iᵀ
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)     # dK_j += dS_ijᵀ Q_i
+    return dk, dv
+
+@triton.jit
+def _attn_bwd_dkdv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, LSE2, DELTA, sm_scale, qk_scale,
+                       N_Q, N_KV, GROUP, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                       DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_attn_bwd_dkdv through TMA descriptors over [B·H, T, d] views; same loops, same masks."""
+    start_n = tl.program_id(0) * BLOCK_N
+    off_kv = tl.program_id(1)                                          # b·H_kv + h_kv
+    OFF = N_KV - N_Q
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)   # K_j, V_j: read once
+    v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    if CAUSAL:                                                         # the bounds of _attn_bwd_dkdv
+        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
+        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
+    else:
+        lo = 0
+        full_lo = 0
+    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    for g in range(GROUP):
+        bh = off_kv * GROUP + g                                        # the query head
+        L2h, Dh = LSE2 + bh.to(tl.int64) * N_Q, DELTA + bh.to(tl.int64) * N_Q
+        # three calls, not a loop over a tuple: the interpreter runs such a loop, the compiler refuses it
+        dk, dv = _attn_bwd_dkdv_tma_inner(dk, dv, k, v, desc_q, desc_do, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
+                                          lo, full_lo, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_tma_inner(dk, dv, k, v, desc_q, desc_do, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
+                                          full_lo, full_hi, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL,
+                                          DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_tma_inner(dk, dv, k, v, desc_q, desc_do, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
+                                          full_hi, N_Q, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, DOT_PRECISION)
+    desc_dk.store([off_kv, start_n, 0], (dk * sm_scale).to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))
+    desc_dv.store([off_kv, start_n, 0], dv.to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))  # rows >= T_k clipped
+
+@triton.jit
+def _attn_bwd_dq_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, lo, hi,
+                           qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                           CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """_attn_bwd_dq_inner with K_j and V_j read by the copy engine."""
+    for start_n in range(lo, hi, BLOCK_N):
+        k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+        if MASKED:
+            cols = start_n + offs_n
+            keep = cols[None, :] < N_KV
+            if CAUSAL:
+                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_tma(desc_q, desc_k, desc_v, desc_do, desc_dq, LSE2, DELTA, sm_scale, qk_scale, N_Q, N_KV, GROUP,
+                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_attn_bwd_dq through TMA descriptors."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    off_bh = tl.program_id(1)
+    off_kv = off_bh // GROUP
+    OFF = N_KV - N_Q
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    row_ok = offs_m < N_Q
+    q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    do = desc_do.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    lse2 = tl.load(LSE2 + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
+        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
+    else:
+        full_hi = (N_KV // BLOCK_N) * BLOCK_N
+        masked_hi = N_KV
+    dq = _attn_bwd_dq_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
+                                full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
+    dq = _attn_bwd_dq_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
+                                full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, DOT_PRECISION)
+    desc_dq.store([off_bh, start_m, 0], (dq * sm_scale).to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
+
+_KEY_ROWS = ("desc_k", "desc_v", "desc_dk", "desc_dv")       # tiles of BLOCK_N keys; the rest: BLOCK_M queries
+
+
+def _tma_desc(t):
+    """A TMA descriptor over t (B, H, T, d) viewed as [B·H, T, d]; its block shape is set per launch."""
+    B, H, T, d = t.shape
+    return TensorDescriptor.from_tensor(t.view(B * H, T, d), [1, 16, d])
+
+
+def _tma_blocks(nargs):
+    """Autotuner pre_hook: each descriptor's block is [1, BLOCK_N or BLOCK_M, HEAD_DIM]."""
+    for name, desc in nargs.items():
+        if name.startswith("desc_"):
+            rows = nargs["BLOCK_N"] if name in _KEY_ROWS else nargs["BLOCK_M"]
+            desc.block_shape = [1, rows, nargs["HEAD_DIM"]]
+
+
+def _use_tma(*tensors):
+    """The backward's TMA fast path: compiled on a GPU of compute capability >= 9 with descriptors in
+    this Triton, every tensor's start 16-byte aligned. Everywhere else the pointer kernels run."""
+    t = tensors[0]
+    return (TensorDescriptor is not None and t.is_cuda and not INTERPRET
+            and torch.cuda.get_device_capability(t.device)[0] >= 9
+            and all(x.data_ptr() % 16 == 0 for x in tensors))
+
 from torch.autograd.function import once_differentiable
 
 
-def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None), dlse=None):
+def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None), dlse=None, tma=None):
     """dQ, dK, dV from the saved O and the BASE-2 log-sum-exp lse2. dlse: the gradient of the
-    natural-log log-sum-exp output, or None; it enters as D_i − dlse_i, since ∂L_i/∂S_ij = P_ij."""
+    natural-log log-sum-exp output, or None; it enters as D_i − dlse_i, since ∂L_i/∂S_ij = P_ij.
+    tma: the descriptor kernels (True), the pointer kernels (False), or None: TMA where _use_tma says."""
     B, H, T_q, d = q.shape
     H_kv, T_k = k.shape[1], k.shape[2]
     delta = torch.empty_like(lse2)
@@ -559,6 +715,14 @@ def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     consts = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_precision(q))
     lengths = (sm_scale, sm_scale * LOG2E, T_q, T_k, H // H_kv)
+    if _use_tma(q, k, v, do, dq, dk, dv) if tma is None else tma:     # the fast path of the deep dive above
+        d_q, d_k, d_v, d_do, d_dq, d_dk, d_dv = (_tma_desc(t) for t in (q, k, v, do, dq, dk, dv))
+        _launch("dkdv_tma", _attn_bwd_dkdv_tma, lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv), q,
+                d_q, d_k, d_v, d_do, d_dk, d_dv, lse2, delta, *lengths, config=configs[0], pre_hook=_tma_blocks,
+                **consts)
+        _launch("dq_tma", _attn_bwd_dq_tma, lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H), q,
+                d_q, d_k, d_v, d_do, d_dq, lse2, delta, *lengths, config=configs[1], pre_hook=_tma_blocks, **consts)
+        return dq, dk, dv
     _launch("dkdv", _attn_bwd_dkdv, lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv), q,
             q, k, v, do, lse2, delta, dk, dv, *lengths, config=configs[0], **consts)
     _launch("dq", _attn_bwd_dq, lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H), q,
@@ -573,13 +737,14 @@ class _FlashAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, o, lse2)               # O(T) memory: no P
         ctx.causal, ctx.sm_scale = causal, sm_scale
         ctx.set_materialize_grads(False)                      # an unused output's gradient stays None
-        return o, lse2 / LOG2E                                # the log-sum-exp leaves in natural log
+        return o, lse2                                        # base 2; flash_attention converts if asked
 
     @staticmethod
     @once_differentiable                                      # the kernels have no backward of their own
-    def backward(ctx, do, dlse):
+    def backward(ctx, do, dlse2):
         q, k, v, o, lse2 = ctx.saved_tensors
         do = torch.zeros_like(o) if do is None else do.contiguous()
+        dlse = None if dlse2 is None else dlse2 * LOG2E      # L = L2 / log2(e), so dL2 = dL / log2(e)
         dq, dk, dv = _flash_backward(q, k, v, o, lse2, do, ctx.causal, ctx.sm_scale, dlse=dlse)
         return dq, dk, dv, None, None
 
@@ -590,7 +755,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
     Forward: FlashAttention-2 (Dao, 2023, Algorithm 1): outer loop over query blocks, online softmax
     in base 2, one final rescale, stores the log-sum-exp (in base 2, internally). Backward: recomputes P
-    from it (Algorithm 2), dK/dV and dQ in separate Triton kernels; once differentiable (no double backward).
+    from it (Algorithm 2), dK/dV and dQ in separate Triton kernels (on a GPU with TMA, compute capability
+    >= 9, their TMA-descriptor versions); once differentiable (no double backward).
     q: [B, H, T_q, d]; k, v: [B, H_kv, T_k, d], one dtype out of float16, bfloat16, float32 (bfloat16
     needs a GPU); d in (16, 32, 64, 128) (pad others with zeros); T_q, T_k >= 1.
     GQA/MQA: H_kv divides H; query head h reads key/value head h // (H / H_kv) in place (the
@@ -608,5 +774,5 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     q, k, v, sm_scale = _check_inputs("flash_attention", q, k, v, causal, sm_scale)
     if not isinstance(return_lse, bool):
         raise TypeError(f"flash_attention: return_lse must be True or False, got {return_lse!r}")
-    o, lse = _FlashAttention.apply(q, k, v, causal, sm_scale)
-    return (o, lse) if return_lse else o
+    o, lse2 = _FlashAttention.apply(q, k, v, causal, sm_scale)
+    return (o, lse2 / LOG2E) if return_lse else o            # natural log made only when asked (no extra memory)

@@ -426,3 +426,73 @@ def test_padding_advice_of_the_head_dim_error_is_right():
     pad = [F.pad(t, (0, 32)) for t in (q, k, v)]
     out = F.scaled_dot_product_attention(*pad, scale=96 ** -0.5)[..., :96]
     assert_close(out, F.scaled_dot_product_attention(q, k, v))
+
+
+# ---------------------------------------------------------------- the TMA fast path of the backward
+
+@pytest.mark.skipif(not fa.INTERPRET or fa.TensorDescriptor is None, reason="descriptors in the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("H, H_kv, T_q, T_k, causal", [(2, 2, 37, 37, False), (2, 2, 37, 37, True),
+                                                      (4, 1, 20, 53, True), (4, 2, 1, 40, True),
+                                                      (2, 1, 45, 30, False), (1, 1, 9, 9, True)])
+def test_backward_through_tma_descriptors_matches_autograd(dtype, H, H_kv, T_q, T_k, causal):
+    """The descriptor kernels (compiled on Hopper, interpreted here) against float64 autograd through
+    SDPA with the bottom-right mask: ragged tiles past T (zero-filled per head), GQA, T_q != T_k."""
+    from torch.nn.attention.bias import causal_lower_right
+    torch.manual_seed(T_q * T_k + H)
+    q, do = (torch.randn(2, H, T_q, 32).to(dtype) for _ in range(2))
+    k, v = (torch.randn(2, H_kv, T_k, 32).to(dtype) for _ in range(2))
+    o, lse2 = fa._flash_forward(q, k, v, causal, 32 ** -0.5)
+    grads = fa._flash_backward(q, k, v, o, lse2, do, causal, 32 ** -0.5, tma=True)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*xr, attn_mask=causal_lower_right(T_q, T_k) if causal else None,
+                                         enable_gqa=True)
+    ref.backward(do.double())
+    for got, r in zip(grads, xr):
+        assert got.dtype == dtype and got.shape == r.shape
+        assert_close(got.double(), r.grad, atol=1e-4 if dtype == torch.float32 else 4e-3, rtol=0)
+
+
+def test_pre_hook_sets_the_descriptor_blocks_for_a_forced_config():
+    """_launch calls pre_hook with the kernel's arguments by name and the tile sizes; _tma_blocks gives
+    key tiles BLOCK_N rows and query tiles BLOCK_M rows."""
+    class Desc:
+        block_shape = None
+    seen = {}
+
+    class Kernel:
+        arg_names = ["desc_q", "desc_k", "desc_dk", "desc_do", "N_Q"]
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.update(grid=grid, kwargs=kwargs)
+    descs = {n: Desc() for n in Kernel.arg_names[:4]}
+    fa._launch("dkdv_tma", Kernel(), lambda meta: (meta["BLOCK_N"],), torch.zeros(1), *descs.values(), 7,
+               config=(32, 64, 4, 2), pre_hook=fa._tma_blocks, HEAD_DIM=16)
+    assert descs["desc_q"].block_shape == [1, 32, 16] and descs["desc_do"].block_shape == [1, 32, 16]
+    assert descs["desc_k"].block_shape == [1, 64, 16] and descs["desc_dk"].block_shape == [1, 64, 16]
+    assert seen["grid"] == (64,) and seen["kwargs"]["BLOCK_M"] == 32
+
+
+def test_tma_path_only_where_it_can_run():
+    """No TMA on a CPU (interpreter or not), nor for a tensor whose start is not 16-byte aligned."""
+    x = torch.randn(1, 1, 8, 16)
+    assert not fa._use_tma(x, x)
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 and not fa.INTERPRET:
+        y = torch.randn(100, device="cuda")[1:65].view(1, 1, 4, 16)   # 4 bytes past an aligned start
+        assert fa._use_tma(y.clone(), y.clone()) and not fa._use_tma(y, y)
+
+
+@needs_triton
+def test_return_lse_costs_no_memory_when_not_asked():
+    """flash_attention returns the kernel's base-2 log-sum-exp from the autograd function and makes the
+    natural-log copy only for return_lse=True; its gradient still enters the backward right."""
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 12, 16, device=DEV).requires_grad_() for _ in range(3))
+    o, lse = flash_attention(q, k, v, causal=True, return_lse=True)
+    (lse.sum() + o.sum()).backward()
+    xr = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    s = xr[0] @ xr[1].transpose(-2, -1) / 4
+    s = s.masked_fill(torch.ones(12, 12, dtype=torch.bool, device=DEV).triu(1), -math.inf)
+    (s.logsumexp(-1).sum() + (torch.softmax(s, -1) @ xr[2]).sum()).backward()
+    for t, r in zip((q, k, v), xr):
+        assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=0)

@@ -131,3 +131,26 @@ def test_gqa_and_unequal_lengths_bf16(H, H_kv, T_q, T_k, d, causal):
     for got, want in [(o, ref.detach())] + [(t.grad, r.grad) for t, r in zip(x, xr)]:
         err = (got.double() - want).norm() / want.norm()
         assert err < 2e-2, err
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("H, H_kv, T_q, T_k, d, causal", [
+    (8, 8, 1000, 1000, 64, True), (8, 2, 333, 1024, 128, True), (4, 4, 2048, 2048, 128, False)])
+def test_both_backward_paths_bf16(tma, H, H_kv, T_q, T_k, d, causal):
+    """On Hopper the autograd path takes the TMA kernels; both paths, forced, against float64 SDPA."""
+    from course_utils.flash_attention import _flash_backward, _flash_forward, _use_tma
+    from torch.nn.attention.bias import causal_lower_right
+    if tma and not _use_tma(torch.empty(1, device="cuda")):
+        pytest.skip("TMA needs compute capability >= 9 and Triton's tensor descriptors")
+    torch.manual_seed(T_q + d)
+    q, do = (torch.randn(2, H, T_q, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(2, H_kv, T_k, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    o, lse2 = _flash_forward(q, k, v, causal, d ** -0.5)
+    grads = _flash_backward(q, k, v, o, lse2, do, causal, d ** -0.5, tma=tma)
+    xr = [t.double().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*xr, attn_mask=causal_lower_right(T_q, T_k) if causal else None,
+                                   enable_gqa=True).backward(do.double())
+    for got, r in zip(grads, xr):
+        assert torch.isfinite(got).all()
+        err = (got.double() - r.grad).norm() / r.grad.norm()
+        assert err < 2e-2, err
