@@ -17,7 +17,9 @@ Variants (each is lesson 07's kernel with ONE change, so a difference in time ha
     cur       the two kernels of lesson 07 (dK/dV, then dQ: 4 + 3 = 7 products per tile), config pairs
     atomic    one kernel, FlashAttention-2's Algorithm 2 (Dao, 2023): per tile S, dV, dP, dK and dQ,
               5 products; dQ added to a float32 buffer with `tl.atomic_add(..., sem="relaxed")`
-    tma7      cur (7 products, two kernels) with every tile read and written through TMA descriptors
+    tma7      cur (7 products, two kernels) with every tile read and written through TMA descriptors:
+              lesson 07's fast path since round 2 (fa._flash_backward(..., tma=True)); round 2 timed
+              this script's own copy of those kernels, the same code without DOT_PRECISION
     tma5      atomic with TMA loads and dQ by TMA reduce-add (5 products, one kernel)
     tma_red   atomic, with dQ added by the TMA engine (`desc.atomic_add`, a bulk reduce-add:
               FlashAttention-3's way of writing dQ, Shah et al., 2024, §3.1)
@@ -347,79 +349,21 @@ def _bwd_kv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, desc_dq, LSE2
     desc_dv.store([off_kv, start_n, 0], dv.to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))
 
 
-@triton.jit
-def _bwd_q_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, lo, hi, qk_scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
-    for start_n in range(lo, hi, BLOCK_N):
-        k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        s = tl.dot(q, tl.trans(k))
-        p = tl.exp2(s * qk_scale - lse2[:, None])
-        if MASKED:
-            cols = start_n + offs_n
-            keep = cols[None, :] < N_KV
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
-            p = tl.where(keep, p, 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq)
-    return dq
-
-
-@triton.jit
-def _bwd_q_tma(desc_q, desc_k, desc_v, desc_do, desc_dq, LSE2, DELTA, sm_scale, qk_scale, N_Q, N_KV, GROUP,
-               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    off_bh = tl.program_id(1)
-    off_kv = off_bh // GROUP
-    OFF = N_KV - N_Q
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    row_ok = offs_m < N_Q
-    q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
-    do = desc_do.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
-    lse2 = tl.load(LSE2 + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
-        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
-    else:
-        full_hi = (N_KV // BLOCK_N) * BLOCK_N
-        masked_hi = N_KV
-    dq = _bwd_q_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0, full_hi,
-                          qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL)
-    dq = _bwd_q_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, full_hi,
-                          masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL)
-    desc_dq.store([off_bh, start_m, 0], (dq * sm_scale).to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
-
-
-def backward_tma(q, k, v, o, lse2, do, causal, sm_scale, config, fused=False, dq_config=None):
-    """7 products (fused=False: dK/dV kernel, then dQ kernel with dq_config) or 5 (fused=True: dQ
-    by TMA reduce-add into float32), every tile read through TMA descriptors."""
+def backward_tma5(q, k, v, o, lse2, do, causal, sm_scale, config):
+    """5 products in one kernel, every tile read through TMA descriptors, dQ by TMA reduce-add into
+    float32. (`tma7`, the 7-product pair with TMA, is lesson 07's fast path: fa._flash_backward(tma=True).)"""
     B, H, T_q, d = q.shape
     H_kv, T_k = k.shape[1], k.shape[2]
     bm, bn, w, s = config
     delta = torch.empty_like(lse2)
     fa._attn_bwd_delta[(triton.cdiv(T_q, 64), B * H)](o, do, delta, T_q, HEAD_DIM=d, BLOCK_M=64)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dq = torch.zeros(B, H, T_q, d, dtype=torch.float32, device=q.device) if fused else torch.empty_like(q)
-    lengths = (sm_scale, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv)
+    dq = torch.zeros(B, H, T_q, d, dtype=torch.float32, device=q.device)
     _bwd_kv_tma[(triton.cdiv(T_k, bn), B * H_kv)](
-        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(do, bm), _desc(dk, bn), _desc(dv, bn),
-        _desc(dq, bm) if fused else None, lse2, delta, *lengths, HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm,
-        BLOCK_N=bn, FUSED_DQ=fused, num_warps=w, num_stages=s)
-    if fused:
-        return (dq * sm_scale).to(q.dtype), dk, dv
-    bm, bn, w, s = dq_config
-    _bwd_q_tma[(triton.cdiv(T_q, bm), B * H)](
-        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(do, bm), _desc(dq, bm), lse2, delta, *lengths,
-        HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
-    return dq, dk, dv
+        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(do, bm), _desc(dk, bn), _desc(dv, bn), _desc(dq, bm),
+        lse2, delta, sm_scale, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv, HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm,
+        BLOCK_N=bn, FUSED_DQ=True, num_warps=w, num_stages=s)
+    return (dq * sm_scale).to(q.dtype), dk, dv
 
 
 # ----------------------------------------------------------------------------------------- the runs
@@ -493,9 +437,9 @@ def gpu_main(out):
         if TensorDescriptor is not None:
             bwd_variants += [("tma_red", c, lambda c=c: backward_fused(q, k, v, o, lse2, do, causal, scale, c, True))
                              for c in FUSED_CONFIGS[:2]]
-            bwd_variants += [("tma7", p, lambda p=p: backward_tma(q, k, v, o, lse2, do, causal, scale, p[0],
-                                                                  dq_config=p[1])) for p in TMA_PAIRS]
-            bwd_variants += [("tma5", c, lambda c=c: backward_tma(q, k, v, o, lse2, do, causal, scale, c, fused=True))
+            bwd_variants += [("tma7", p, lambda p=p: fa._flash_backward(q, k, v, o, lse2, do, causal, scale,
+                                                                        configs=p, tma=True)) for p in TMA_PAIRS]
+            bwd_variants += [("tma5", c, lambda c=c: backward_tma5(q, k, v, o, lse2, do, causal, scale, c))
                              for c in FUSED_CONFIGS]
         for pss, variants in (("fwd", fwd_variants), ("bwd", bwd_variants)):
             for name, cfg, fn in variants:
@@ -555,7 +499,7 @@ def cpu_check():
             e_g = max(rel_err(x, t.grad) for x, t in zip(grads, (q64, k64, v64)))
             # dq_tma / fused=True: the interpreter has no descriptor reduce (Triton 3.9); checked on the GPU
             o_p, _ = forward_pipe(q, k, v, causal, scale, (16, 16, 4, 2))
-            grads_7 = backward_tma(q, k, v, o_c, lse_c, do, causal, scale, (16, 16, 4, 2), dq_config=(16, 16, 4, 2))
+            grads_7 = fa._flash_backward(q, k, v, o_c, lse_c, do, causal, scale, configs=((16, 16, 4, 2),) * 2, tma=True)
             e_t = max([rel_err(o_p, o64.detach())] + [rel_err(x, t.grad) for x, t in zip(grads_7, (q64, k64, v64))])
             e_l = rel_err(lse2, lse_c.double())
             assert max(e_o, e_g, e_t, e_l) < tol, (dtype, B, H, H_kv, T_q, T_k, d, causal, e_o, e_g, e_t, e_l)
@@ -599,14 +543,14 @@ def resources():
                     desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(o, c[0]), lse2, d ** -0.5 * fa.LOG2E,
                     *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
                  for c in FWD_CONFIGS]
-        jobs += [("dkdv tma", c, lambda c: _bwd_kv_tma[(T // c[1], B * H)](
+        jobs += [("dkdv tma", c, lambda c: fa._attn_bwd_dkdv_tma[(T // c[1], B * H)](
                     desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(do, c[0]), desc(k, c[1]), desc(v, c[1]),
-                    None, lse2, delta, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, BLOCK_M=c[0],
-                    BLOCK_N=c[1], FUSED_DQ=False, num_warps=c[2], num_stages=c[3])) for c, _ in TMA_PAIRS]
-        jobs += [("dq tma", c, lambda c: _bwd_q_tma[(T // c[0], B * H)](
+                    lse2, delta, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, DOT_PRECISION="tf32",
+                    BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3])) for c, _ in TMA_PAIRS]
+        jobs += [("dq tma", c, lambda c: fa._attn_bwd_dq_tma[(T // c[0], B * H)](
                     desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(do, c[0]), desc(q, c[0]), lse2, delta,
-                    d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1],
-                    num_warps=c[2], num_stages=c[3])) for _, c in TMA_PAIRS]
+                    d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, DOT_PRECISION="tf32", BLOCK_M=c[0],
+                    BLOCK_N=c[1], num_warps=c[2], num_stages=c[3])) for _, c in TMA_PAIRS]
         for name, c, launch in jobs:
             try:
                 kern = launch(c)
