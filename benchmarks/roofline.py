@@ -24,26 +24,28 @@ import argparse
 import csv
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # course_utils, without installing the package
+
+from course_utils.flash_attention import PEAKS  # noqa: E402 - lesson 07's datasheet table (course_utils before torch/triton)
+import torch  # noqa: E402
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
 
-# NVIDIA's datasheets: dense bf16 tensor-core FLOP/s and HBM bytes/s (H100 SXM5 80 GB; H200 SXM 141 GB).
-DATASHEET = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def datasheet_peaks(device_name: str):
     """(FLOP/s, bytes/s) from the datasheet for an H100 SXM or an H200, else None."""
     if "H200" in device_name:
-        return DATASHEET["H200"]
+        return PEAKS["H200 SXM"]
     if "H100" in device_name and "PCIe" not in device_name:
-        return DATASHEET["H100"]
+        return PEAKS["H100 SXM"]
     return None
 
 

@@ -28,6 +28,26 @@ class HBMCounter:
     def counts(self) -> dict:
         return {"read": self.read, "write": self.written}
 
+# NVIDIA's datasheets (H100 and H200 Tensor Core GPU): dense bf16 FLOP/s, HBM bytes/s. Lesson 08 and
+# benchmarks/roofline.py use these too.
+PEAKS = {"H100 SXM": (989e12, 3.35e12), "H200 SXM": (989e12, 4.8e12)}
+
+def roofline(intensity: float, peak_flops: float, bandwidth: float) -> float:
+    """Attainable FLOP/s at arithmetic intensity I (FLOP/byte): min(peak, I·bandwidth) (Williams et al., 2009)."""
+    for name, v in (("intensity", intensity), ("peak_flops", peak_flops), ("bandwidth", bandwidth)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
+            raise ValueError(f"roofline: {name} must be a positive number, got {v!r}")
+    return min(peak_flops, intensity * bandwidth)
+
+
+def gemm_intensity(M: int, N: int, K: int, bytes_per_element: int = 2) -> float:
+    """FLOPs per byte of C = A·B with A (M×K), B (K×N): 2MNK / (bytes · (MK + KN + MN)), each
+    matrix read or written once."""
+    for name, v in (("M", M), ("N", N), ("K", K), ("bytes_per_element", bytes_per_element)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"gemm_intensity: {name} must be a positive int, got {v!r}")
+    return 2 * M * N * K / (bytes_per_element * (M * K + K * N + M * N))
+
 import math
 
 import torch
