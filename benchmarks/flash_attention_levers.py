@@ -46,6 +46,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from course_utils import flash_attention as fa  # noqa: E402
+from course_utils.flash_attention import _key_ranges, _query_ranges  # noqa: E402 - lesson 07's loop bounds
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -95,12 +96,7 @@ def _fwd_tma(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
-        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
-    else:
-        full_hi = (N_KV // BLOCK_N) * BLOCK_N
-        masked_hi = N_KV
+    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
                                    full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, WARP_SPEC)
     acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
@@ -129,12 +125,7 @@ def _fwd_pipe(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
-        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
-    else:
-        full_hi = (N_KV // BLOCK_N) * BLOCK_N
-        masked_hi = N_KV
+    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
     if full_hi > 0:
         k = desc_k.load([off_kv, 0, 0]).reshape(BLOCK_N, HEAD_DIM)
         s = tl.dot(q, tl.trans(k))
@@ -247,13 +238,7 @@ def _bwd_fused(Q, K, V, DO, LSE2, DELTA, DK, DV, DQ32, desc_dq, sm_scale, qk_sca
     v = tl.load(V + kvo, mask=col_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
-        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
-    else:
-        lo = 0
-        full_lo = 0
-    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    lo, full_lo, full_hi = _query_ranges(start_n, OFF, N_Q, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(GROUP):
         off_bh = (off_kv * GROUP + g).to(tl.int64)
         Qh, DOh, DQh = Q + off_bh * N_Q * HEAD_DIM, DO + off_bh * N_Q * HEAD_DIM, DQ32 + off_bh * N_Q * HEAD_DIM
@@ -329,13 +314,7 @@ def _bwd_kv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, desc_dq, LSE2
     v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
-        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
-    else:
-        lo = 0
-        full_lo = 0
-    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    lo, full_lo, full_hi = _query_ranges(start_n, OFF, N_Q, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(GROUP):
         bh = off_kv * GROUP + g
         L2h, Dh = LSE2 + bh.to(tl.int64) * N_Q, DELTA + bh.to(tl.int64) * N_Q

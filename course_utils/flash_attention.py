@@ -238,6 +238,19 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, offs_n, offs_d, N_KV, OFF, l
     return acc, l_i, m_i
 
 @triton.jit
+def _key_ranges(start_m, OFF, N_KV, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Which key blocks the query rows [start_m, start_m + BLOCK_M) visit: [0, full_hi) without a mask,
+    [full_hi, masked_hi) with one, the rest not at all. The forward and both dQ kernels use it."""
+    if CAUSAL:      # every row sees the keys up to start_m + OFF; the diagonal needs the mask; later: skipped
+        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
+        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
+    else:           # all whole blocks, then the ragged tail
+        full_hi = (N_KV // BLOCK_N) * BLOCK_N
+        masked_hi = N_KV
+    return full_hi, masked_hi
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, LSE2, qk_scale, N_Q, N_KV, GROUP,
               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -261,12 +274,7 @@ def _attn_fwd(Q, K, V, O, LSE2, qk_scale, N_Q, N_KV, GROUP,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:      # unmasked: key blocks every row of the block sees; masked: the diagonal; rest skipped
-        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
-        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
-    else:           # unmasked: all whole blocks; masked: the tail
-        full_hi = (N_KV // BLOCK_N) * BLOCK_N
-        masked_hi = N_KV
+    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)  # unmasked, masked
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV,
                                     OFF, 0, full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV,
@@ -474,6 +482,22 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, offs_n, offs_m, offs_
     return dk, dv
 
 @triton.jit
+def _query_ranges(start_n, OFF, N_Q, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Which query blocks see the keys [start_n, start_n + BLOCK_N): [lo, full_lo) with a mask,
+    [full_lo, full_hi) without, [full_hi, N_Q) with one (the ragged tail). Both dK/dV kernels use it."""
+    if CAUSAL:  # queries before start_n − OFF see none of these keys; the diagonal blocks need a mask
+        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
+        # rows from full_lo on see the whole key block; when T_k − T_q is large, that is every row
+        # from lo on (without the maximum, a negative count sent the unmasked loop to rows < 0)
+        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
+    else:
+        lo = 0
+        full_lo = 0
+    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    return lo, full_lo, full_hi
+
+
+@triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, qk_scale, N_Q, N_KV, GROUP,
                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -493,15 +517,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, qk_scale, N_Q, N_
     v = tl.load(V + kvo, mask=col_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    if CAUSAL:  # queries before start_n − OFF see none of these keys; the diagonal blocks need a mask
-        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
-        # rows from full_lo on see the whole key block; when T_k − T_q is large, that is every row
-        # from lo on (without the maximum, a negative count sent the unmasked loop to rows < 0)
-        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
-    else:
-        lo = 0
-        full_lo = 0
-    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    lo, full_lo, full_hi = _query_ranges(start_n, OFF, N_Q, BLOCK_M, BLOCK_N, CAUSAL)  # masked, unmasked, masked
     for g in range(GROUP):                                             # the query heads of this group
         off_bh = (off_kv * GROUP + g).to(tl.int64)                     # b·H + h, h = h_kv·GROUP + g
         Qh, DOh = Q + off_bh * N_Q * HEAD_DIM, DO + off_bh * N_Q * HEAD_DIM
@@ -565,12 +581,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, sm_scale, qk_scale, N_Q, N_KV, GR
     lse2 = tl.load(LSE2 + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
-        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
-    else:
-        full_hi = (N_KV // BLOCK_N) * BLOCK_N
-        masked_hi = N_KV
+    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV, OFF,
                             0, full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K + kv_head, V + kv_head, offs_m, offs_n, offs_d, N_KV, OFF,
@@ -619,13 +630,7 @@ def _attn_bwd_dkdv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, LSE2, 
     v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    if CAUSAL:                                                         # the bounds of _attn_bwd_dkdv
-        lo = tl.maximum(start_n - OFF, 0) // BLOCK_M * BLOCK_M
-        full_lo = lo + tl.maximum(start_n + BLOCK_N - OFF - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
-    else:
-        lo = 0
-        full_lo = 0
-    full_hi = full_lo + tl.maximum(N_Q - full_lo, 0) // BLOCK_M * BLOCK_M
+    lo, full_lo, full_hi = _query_ranges(start_n, OFF, N_Q, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(GROUP):
         bh = off_kv * GROUP + g                                        # the query head
         L2h, Dh = LSE2 + bh.to(tl.int64) * N_Q, DELTA + bh.to(tl.int64) * N_Q
@@ -682,12 +687,7 @@ def _attn_bwd_dq_tma(desc_q, desc_k, desc_v, desc_do, desc_dq, LSE2, DELTA, sm_s
     lse2 = tl.load(LSE2 + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + off_bh * N_Q + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        full_hi = tl.minimum(start_m + OFF + 1, N_KV) // BLOCK_N * BLOCK_N
-        masked_hi = tl.minimum(start_m + BLOCK_M + OFF, N_KV)
-    else:
-        full_hi = (N_KV // BLOCK_N) * BLOCK_N
-        masked_hi = N_KV
+    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _attn_bwd_dq_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
                                 full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
     dq = _attn_bwd_dq_tma_inner(dq, q, do, lse2, delta, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
