@@ -1,6 +1,9 @@
-"""Compile lesson 07's Triton kernels for an H100/H200 (sm_90) on a machine without a GPU.
+"""Compile the course's Triton kernels (lesson 06 or 07) for an H100/H200 (sm_90) without a GPU.
 
-Run by tests/test_flash_attention.py in a subprocess with TRITON_INTERPRET=0, so that @triton.jit
+    TRITON_INTERPRET=0 python tests/_compile_for_hopper.py 07      # or 06
+
+Run by tests/test_flash_attention.py and tests/test_triton_basics.py in a subprocess with
+TRITON_INTERPRET=0, so that @triton.jit
 gives real JIT functions (importing course_utils without a GPU would otherwise pick the interpreter).
 Triton's compiler needs no GPU to go from Python to PTX and a cubin: this catches code the
 interpreter runs but the compiler refuses (a loop over a tuple of bounds did exactly that once).
@@ -15,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 import course_utils.flash_attention as fa
+import course_utils.triton_basics as tb
 
 assert isinstance(fa._attn_fwd, triton.runtime.jit.JITFunction), "run with TRITON_INTERPRET=0"
 
@@ -42,8 +46,33 @@ def signature(kernel, consts, d):
     return sig
 
 
+def lesson_06(target):
+    """The four kernels of lesson 06, in bf16 (fp32 for the vector add), at a tuned or fixed tile."""
+    bm, bn, bk, warps, stages = tb.MATMUL_TUNING[0]
+    jobs = [("add", tb._add_kernel, {"X": "*fp32", "Y": "*fp32", "Z": "*fp32", "n": "i32"}, dict(BLOCK=1024), 4, 2),
+            ("softmax", tb._softmax_kernel, {"X": "*bf16", "Y": "*bf16", "n_cols": "i32", "stride_x": "i32",
+                                             "stride_y": "i32"}, dict(BLOCK=1024), 4, 2),
+            ("online_softmax", tb._online_softmax_kernel, {"X": "*bf16", "Y": "*bf16", "n_cols": "i32",
+                                                           "stride_x": "i32", "stride_y": "i32"}, dict(BLOCK=1024), 4, 2),
+            ("matmul_gelu", tb._matmul_kernel, dict({n: "*bf16" for n in "ABC"}, Bias="*bf16",
+                                                    **{n: "i32" for n in ("M", "N", "K", "stride_am", "stride_ak",
+                                                                          "stride_bk", "stride_bn", "stride_cm",
+                                                                          "stride_cn")}),
+             dict(HAS_BIAS=True, ACTIVATION="gelu", DOT_PRECISION="tf32", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                  GROUP_M=8), warps, stages)]
+    for name, kernel, sig, consts, warps, stages in jobs:
+        sig = dict(sig, **{c: "constexpr" for c in consts})
+        out = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=target,
+                             options={"num_warps": warps, "num_stages": stages})
+        ptx = out.asm["ptx"]
+        print(json.dumps({"kernel": name, "stages": sorted(out.asm), "wgmma": "wgmma.mma_async" in ptx}), flush=True)
+
+
 def main():
     target = GPUTarget("cuda", 90, 32)
+    if sys.argv[1:] == ["06"]:
+        lesson_06(target)
+        return 0
     for d in (64, 128):
         for causal in (False, True):
             for name, kernel in KERNELS:

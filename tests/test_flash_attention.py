@@ -511,7 +511,7 @@ def test_every_kernel_compiles_for_hopper_without_a_gpu():
     from pathlib import Path
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     script = Path(__file__).with_name("_compile_for_hopper.py")
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, str(script), "07"], env=env, capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

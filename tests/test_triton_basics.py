@@ -475,3 +475,18 @@ def test_gpu_float32_matmul_is_exact_not_tf32():
     ref = a.double() @ b.double()
     rel = ((matmul(a, b).double() - ref).norm() / ref.norm()).item()
     assert rel < 1e-5, rel
+
+
+@needs_triton
+def test_every_kernel_compiles_for_hopper_without_a_gpu():
+    """Lesson 06's four kernels, compiled for sm_90 to a cubin in a process where Triton is not in
+    interpreter mode (no GPU needed): code the interpreter accepts but the compiler refuses fails
+    here, on a CPU. The tiled matmul's PTX uses Hopper's wgmma."""
+    import json
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_compile_for_hopper.py"), "06"], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["kernel"]: r for r in (json.loads(x) for x in done.stdout.splitlines() if x.startswith("{"))}
+    assert sorted(rows) == ["add", "matmul_gelu", "online_softmax", "softmax"]
+    assert all("cubin" in r["stages"] for r in rows.values()) and rows["matmul_gelu"]["wgmma"]
