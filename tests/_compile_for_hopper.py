@@ -7,10 +7,13 @@ TRITON_INTERPRET=0, so that @triton.jit
 gives real JIT functions (importing course_utils without a GPU would otherwise pick the interpreter).
 Triton's compiler needs no GPU to go from Python to PTX and a cubin: this catches code the
 interpreter runs but the compiler refuses (a loop over a tuple of bounds did exactly that once).
-Prints one JSON line per kernel: name, head dim, causal, compiled stages, and which Hopper
-instructions the PTX holds.
+Prints one JSON line per kernel: name, head dim, causal, compiled stages, which Hopper
+instructions the PTX holds, and a fingerprint of the PTX's instructions (line info and debug labels
+left out): run it at two commits to see whether a refactor changed the code the GPU runs.
 """
+import hashlib
 import json
+import re
 import sys
 
 import triton
@@ -68,6 +71,14 @@ def lesson_06(target):
         print(json.dumps({"kernel": name, "stages": sorted(out.asm), "wgmma": "wgmma.mma_async" in ptx}), flush=True)
 
 
+def fingerprint(ptx):
+    """A hash of the PTX's instructions: without .loc lines, comments, debug sections and $L__tmp labels."""
+    text = re.sub(r"^\s*\.loc.*$|^\s*//.*$|\.file.*$", "", ptx, flags=re.M).split(".section\t.debug")[0]
+    lines = [re.sub(r"\$L__tmp\d+", "TMP", ln) for ln in text.splitlines()
+             if ln.strip() and not re.match(r"^\s*\$L__tmp\d+:", ln)]
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:12]
+
+
 def main():
     target = GPUTarget("cuda", 90, 32)
     if sys.argv[1:] == ["06"]:
@@ -82,8 +93,8 @@ def main():
                 out = triton.compile(src, target=target, options={"num_warps": warps, "num_stages": stages})
                 ptx = out.asm["ptx"]
                 print(json.dumps({"kernel": name, "d": d, "causal": causal, "stages": sorted(out.asm),
-                                  "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx}),
-                      flush=True)
+                                  "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
+                                  "ptx": fingerprint(ptx)}), flush=True)
     return 0
 
 
