@@ -32,20 +32,20 @@ KERNELS = [("fwd", fa._attn_fwd), ("dkdv", fa._attn_bwd_dkdv), ("dq", fa._attn_b
            ("dkdv_tma", fa._attn_bwd_dkdv_tma), ("dq_tma", fa._attn_bwd_dq_tma)]
 
 
-def signature(kernel, consts, d):
+def signature(kernel, consts, d, dtype="bf16"):
     sig = {}
     for name in kernel.arg_names:
         if name in consts:
             sig[name] = "constexpr"
         elif name.startswith("desc_"):
             rows = consts["BLOCK_N"] if name in fa._KEY_ROWS else consts["BLOCK_M"]
-            sig[name] = f"tensordesc<bf16[1,{rows},{d}]>"
+            sig[name] = f"tensordesc<{dtype}[1,{rows},{d}]>"
         elif name in INTS:
             sig[name] = "i32"
         elif name in SCALARS:
             sig[name] = "fp32"
         else:
-            sig[name] = "*fp32" if name in FLOAT32 else "*bf16"
+            sig[name] = "*fp32" if name in FLOAT32 else f"*{dtype}"
     return sig
 
 
@@ -95,6 +95,19 @@ def main():
                 print(json.dumps({"kernel": name, "d": d, "causal": causal, "stages": sorted(out.asm),
                                   "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
                                   "ptx": fingerprint(ptx)}), flush=True)
+    # the TMA path is taken for every dtype on Hopper: float32 (exact "ieee" products, FIXED tiles) and
+    # the small head dims in float16 compile too
+    for dtype, d in (("fp32", 16), ("fp32", 128), ("fp16", 16), ("fp16", 32)):
+        for name, kernel in KERNELS[3:]:
+            bm, bn, warps, stages = fa.FIXED[name] if dtype == "fp32" else fa.TUNING[name][64][0]
+            consts = dict(HEAD_DIM=d, CAUSAL=True, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+                          BLOCK_M=bm, BLOCK_N=bn)
+            out = triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts, d, dtype), constexprs=consts),
+                                 target=target, options={"num_warps": warps, "num_stages": stages})
+            ptx = out.asm["ptx"]
+            print(json.dumps({"kernel": name, "d": d, "causal": True, "dtype": dtype, "stages": sorted(out.asm),
+                              "wgmma": "wgmma.mma_async" in ptx or dtype == "fp32", "tma": "cp.async.bulk.tensor" in ptx,
+                              "ptx": fingerprint(ptx)}), flush=True)
     return 0
 
 
