@@ -32,6 +32,9 @@ class HBMCounter:
 # benchmarks/roofline.py use these too.
 PEAKS = {"H100 SXM": (989e12, 3.35e12), "H200 SXM": (989e12, 4.8e12)}
 
+import math
+
+
 def roofline(intensity: float, peak_flops: float, bandwidth: float) -> float:
     """Attainable FLOP/s at arithmetic intensity I (FLOP/byte): min(peak, I·bandwidth) (Williams et al., 2009)."""
     for name, v in (("intensity", intensity), ("peak_flops", peak_flops), ("bandwidth", bandwidth)):
