@@ -8,13 +8,16 @@ gives real JIT functions (importing course_utils without a GPU would otherwise p
 Triton's compiler needs no GPU to go from Python to PTX and a cubin: this catches code the
 interpreter runs but the compiler refuses (a loop over a tuple of bounds did exactly that once).
 Prints one JSON line per kernel: name, head dim, causal, compiled stages, which Hopper
-instructions the PTX holds, and a fingerprint of the PTX's instructions (line info and debug labels
+instructions the PTX holds, registers and stack bytes per thread (cuobjdump on the cubin), and a fingerprint of the PTX's instructions (line info and debug labels
 left out): run it at two commits to see whether a refactor changed the code the GPU runs.
 """
 import hashlib
 import json
+import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -79,6 +82,17 @@ def fingerprint(ptx):
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:12]
 
 
+def resources(cubin):
+    """Registers per thread and stack bytes (spills) of a cubin, read by the cuobjdump Triton ships."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return (int(m[1]), int(m[2])) if m else (None, None)
+
+
 def main():
     target = GPUTarget("cuda", 90, 32)
     if sys.argv[1:] == ["06"]:
@@ -92,9 +106,11 @@ def main():
                 src = ASTSource(fn=kernel, signature=signature(kernel, consts, d), constexprs=consts)
                 out = triton.compile(src, target=target, options={"num_warps": warps, "num_stages": stages})
                 ptx = out.asm["ptx"]
+                regs, stack = resources(out.asm["cubin"])
                 print(json.dumps({"kernel": name, "d": d, "causal": causal, "stages": sorted(out.asm),
                                   "wgmma": "wgmma.mma_async" in ptx, "tma": "cp.async.bulk.tensor" in ptx,
-                                  "ptx": fingerprint(ptx)}), flush=True)
+                                  "ptx": fingerprint(ptx), "tile": [bm, bn, warps, stages], "regs": regs,
+                                  "stack": stack}), flush=True)
     # the TMA path is taken for every dtype on Hopper: float32 (exact "ieee" products, FIXED tiles) and
     # the small head dims in float16 compile too
     for dtype, d in (("fp32", 16), ("fp32", 128), ("fp16", 16), ("fp16", 32)):
