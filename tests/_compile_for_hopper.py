@@ -85,6 +85,8 @@ def fingerprint(ptx):
 def resources(cubin):
     """Registers per thread and stack bytes (spills) of a cubin, read by the cuobjdump Triton ships."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):                          # a Triton build without NVIDIA's tools
+        return None, None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
