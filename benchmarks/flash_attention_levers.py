@@ -22,7 +22,8 @@ Variants (each is lesson 07's kernel with ONE change, so a difference in time ha
               this script's own copy of those kernels, the same code without DOT_PRECISION
     tma5      atomic with TMA loads and dQ by TMA reduce-add (5 products, one kernel)
     tma_red   atomic, with dQ added by the TMA engine (`desc.atomic_add`, a bulk reduce-add:
-              FlashAttention-3's way of writing dQ, Shah et al., 2024, §3.1)
+              as we understand FlashAttention-3's backward, Shah et al., 2024;
+              the section was not checked here)
 Every variant is checked against SDPA's memory-efficient kernel on float32 copies before it is timed
 (relative error <= 2e-2, all finite). Times: do_bench medians with p20/p80 over >= 30 calls.
 Writes $OUT (or --out)/07_flash_attention_levers.csv and prints a table of best time per variant.
