@@ -273,7 +273,7 @@ def backward_fused(q, k, v, o, lse2, do, causal, sm_scale, config, dq_tma=False)
 @triton.jit
 def _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, LSE2, DELTA, bh, offs_n, offs_m, N_Q, OFF, lo, hi,
                       qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                      CAUSAL: tl.constexpr, FUSED_DQ: tl.constexpr):
+                      CAUSAL: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
         q = desc_q.load([bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)      # rows >= T_q read as 0
@@ -296,16 +296,15 @@ def _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, LSE2, DELTA, bh, o
         dpT = tl.dot(v, tl.trans(do))
         dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
         dk += tl.dot(dsT, q)
-        if FUSED_DQ:                                                        # 5th product, reduced by TMA
-            dq = tl.dot(tl.trans(dsT), k)
-            desc_dq.atomic_add([bh, start_m, 0], dq.reshape(1, BLOCK_M, HEAD_DIM))
+        dq = tl.dot(tl.trans(dsT), k)                                       # 5th product, reduced by TMA
+        desc_dq.atomic_add([bh, start_m, 0], dq.reshape(1, BLOCK_M, HEAD_DIM))
     return dk, dv
 
 
 @triton.jit
 def _bwd_kv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, desc_dq, LSE2, DELTA, sm_scale, qk_scale,
                 N_Q, N_KV, GROUP, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, FUSED_DQ: tl.constexpr):
+                BLOCK_N: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     off_kv = tl.program_id(1)
     OFF = N_KV - N_Q
@@ -320,11 +319,11 @@ def _bwd_kv_tma(desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, desc_dq, LSE2
         bh = off_kv * GROUP + g
         L2h, Dh = LSE2 + bh.to(tl.int64) * N_Q, DELTA + bh.to(tl.int64) * N_Q
         dk, dv = _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
-                                   lo, full_lo, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, FUSED_DQ)
+                                   lo, full_lo, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL)
         dk, dv = _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
-                                   full_lo, full_hi, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL, FUSED_DQ)
+                                   full_lo, full_hi, qk_scale, HEAD_DIM, BLOCK_M, False, CAUSAL)
         dk, dv = _bwd_kv_tma_inner(dk, dv, k, v, desc_q, desc_do, desc_dq, L2h, Dh, bh, offs_n, offs_m, N_Q, OFF,
-                                   full_hi, N_Q, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL, FUSED_DQ)
+                                   full_hi, N_Q, qk_scale, HEAD_DIM, BLOCK_M, True, CAUSAL)
     desc_dk.store([off_kv, start_n, 0], (dk * sm_scale).to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))
     desc_dv.store([off_kv, start_n, 0], dv.to(k.dtype).reshape(1, BLOCK_N, HEAD_DIM))
 
@@ -342,7 +341,7 @@ def backward_tma5(q, k, v, o, lse2, do, causal, sm_scale, config):
     _bwd_kv_tma[(triton.cdiv(T_k, bn), B * H_kv)](
         _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(do, bm), _desc(dk, bn), _desc(dv, bn), _desc(dq, bm),
         lse2, delta, sm_scale, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv, HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm,
-        BLOCK_N=bn, FUSED_DQ=True, num_warps=w, num_stages=s)
+        BLOCK_N=bn, num_warps=w, num_stages=s)
     return (dq * sm_scale).to(q.dtype), dk, dv
 
 
