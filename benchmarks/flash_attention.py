@@ -5,7 +5,8 @@ every backend of F.scaled_dot_product_attention the GPU offers, in one run.
     python benchmarks/flash_attention.py --quick    # a few shapes, to try it out
     python benchmarks/flash_attention.py --sweep    # time each tuning candidate (course_utils TUNING)
     python benchmarks/flash_attention.py --runs 3   # 3 passes of a small grid, median with p20/p80,
-                                                    # torch.compile'd naive attention as a baseline
+                                                    # torch.compile'd naive attention as a baseline and
+                                                    # ours with the pointer kernels forced (no TMA)
 
 Setting of the FlashAttention-2 paper (Dao, 2023, §4.1): batch × T = 16k tokens, hidden 2048, so
 H = 2048 / d heads; T from 512 to 16384; bf16 and fp16; d = 64 and 128; causal and not. FLOPs are
@@ -400,7 +401,31 @@ def spread_time(fn, grad_to_none=None, min_iters=30, min_ms=100):
 
 
 RUN_SHAPES = [(d, c, T) for d in (64, 128) for c in (False, True) for T in (2048, 8192)]
-RUN_METHODS = ("ours", "sdpa_cudnn", "sdpa_flash", "naive_compiled")
+
+
+class _PointerKernels(torch.autograd.Function):
+    """Lesson 07's op with its pointer kernels forced in both passes (the taught versions). Timed next to
+    "ours" in every --runs pass, it measures what section 9's TMA fast path changes, in the same process."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal):
+        o, lse2 = fa._flash_forward(q, k, v, causal, q.shape[-1] ** -0.5, tma=False)
+        ctx.save_for_backward(q, k, v, o, lse2)
+        ctx.causal = causal
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse2 = ctx.saved_tensors
+        grads = fa._flash_backward(q, k, v, o, lse2, do.contiguous(), ctx.causal, q.shape[-1] ** -0.5, tma=False)
+        return (*grads, None)
+
+
+def ours_pointers(q, k, v, causal):
+    return _PointerKernels.apply(q, k, v, causal)
+
+
+RUN_METHODS = ("ours", "ours_pointers", "sdpa_cudnn", "sdpa_flash", "naive_compiled")
 
 
 def main_runs(args):
@@ -408,7 +433,7 @@ def main_runs(args):
     point timed as median with p20/p80 over >= 30 calls, plus the CS336 row; one CSV row per
     (run, shape, method, pass). Autotuning happens in the check before run 0 (the shapes tuned on
     are the shapes reported)."""
-    methods = dict(METHODS, naive_compiled=naive_compiled)
+    methods = dict(METHODS, naive_compiled=naive_compiled, ours_pointers=ours_pointers)
     rows, t0 = [], time.time()
     for run in range(args.runs):
         for d, causal, T in RUN_SHAPES + [(64, True, 16384)]:
@@ -416,11 +441,11 @@ def main_runs(args):
             B, H = (1, 16) if cs336 else (TOKENS // T, HIDDEN // d)
             (q, k, v), do = inputs(B, H, T, d, torch.bfloat16, seed=run)
             ref = reference(q, k, v, do, causal) if run == 0 else None
-            for name in RUN_METHODS:
+            for order, name in enumerate(args.methods):
                 if cs336 and name == "naive_compiled":
                     continue
                 fn = methods[name]
-                row = dict(run=run, dtype="bfloat16", d=d, causal=causal, T=T, B=B, H=H, method=name,
+                row = dict(run=run, dtype="bfloat16", d=d, causal=causal, T=T, B=B, H=H, method=name, order=order,
                            setting="cs336" if cs336 else "fa2_paper")
                 try:
                     o = fn(q, k, v, causal)
@@ -448,11 +473,11 @@ def main_runs(args):
                         t.grad = None
                     free()
             print(f"run {run} d={d} causal={causal} T={T}: " + ", ".join(
-                f"{r['method']} {r['mode']} {r['ms_median']:.3f} ms" for r in rows[-8:] if r.get("status") == "ok"
+                f"{r['method']} {r['mode']} {r['ms_median']:.3f} ms" for r in rows[-2 * len(args.methods):] if r.get("status") == "ok"
                 and r["run"] == run and r["T"] == T and r["d"] == d and r["causal"] == causal),
                 f"[{time.time() - t0:.0f} s]", flush=True)
             write_csv(rows, Path(args.out) / "07_flash_attention_runs.csv", quiet=True)
-    tuned = {f"{n}/d{d}": str(list(fa._TUNERS[(n, d)].cache.items())[:4]) for n in ("fwd", "dkdv", "dq", "dkdv_tma", "dq_tma")
+    tuned = {f"{n}/d{d}": str(list(fa._TUNERS[(n, d)].cache.items())[:4]) for n in ("fwd", "dkdv", "dq", "fwd_tma", "dkdv_tma", "dq_tma")
              for d in (64, 128) if (n, d) in fa._TUNERS}
     print("autotuner choices (key -> config):", tuned)
     return rows
@@ -463,6 +488,8 @@ def main():
     p.add_argument("--runs", type=int, default=0,
                    help="N full passes of the small grid with median/p20/p80 (writes 07_flash_attention_runs.csv)")
     p.add_argument("--out", default=str(ROOT / "assets"))
+    p.add_argument("--methods", nargs="+", default=list(RUN_METHODS), choices=RUN_METHODS,
+                   help="--runs: the methods, timed in this order at each shape")
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--sweep", action="store_true", help="time every tuning candidate instead")
     p.add_argument("--memory", action="store_true", help="only the peak-memory run (CSV and PNG)")

@@ -8,7 +8,8 @@ Variants (each is lesson 07's kernel with ONE change, so a difference in time ha
     cur       course_utils.flash_attention._attn_fwd (pointer loads), each config of FWD_CONFIGS forced
     tma       the same loop with Q, K, V, O read and written through TMA tensor descriptors (3-D,
               [B·H, T, d], so a block past T is clipped per head) and the P·V product accumulating into
-              acc (`tl.dot(p, v, acc)`, as Triton's tutorial 06 does)
+              acc (`tl.dot(p, v, acc)`, as Triton's tutorial 06 does); adopted since as lesson 07's
+              forward on Hopper at d = 128 (fa._attn_fwd_tma, this code plus DOT_PRECISION)
     tma_ws    tma with `tl.range(..., warp_specialize=True)` (Triton's automatic warp specialisation;
               round 1 only: Triton 3.6 refuses it on sm_90)
     tma_pipe  tma with the loop skewed by hand: S of the next key block is issued before the softmax

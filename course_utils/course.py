@@ -28,7 +28,7 @@ LESSONS = (
     Lesson("04", "04_attention.ipynb", "Attention: MHA → MQA → GQA → MLA", 190, ("02", "03"), "model"),
     Lesson("05", "05_moe.ipynb", "MoE routing", 205, ("01",), "model"),
     Lesson("06", "06_triton_basics.ipynb", "Triton from zero", 245, ("01",), "kernels"),
-    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 310, ("04", "06"), "kernels"),
+    Lesson("07", "07_flash_attention.ipynb", "FlashAttention in Triton", 330, ("04", "06"), "kernels"),
     Lesson("08", "08_precision.ipynb", "Precision and counting", 205, ("01",), "kernels"),
     Lesson("09", "09_inference.ipynb", "Inference", 210, ("04", "08"), "kernels"),
     Lesson("10", "10_collectives.ipynb", "Collectives with real processes", 210, ("01",), "distributed"),

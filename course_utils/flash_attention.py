@@ -202,7 +202,7 @@ except ImportError:
 
     triton = tl = _NoTriton()
 
-try:  # TMA tensor descriptors (Triton >= 3.4); section 9's fast path for the backward uses them
+try:  # TMA tensor descriptors (Triton >= 3.4); section 9's fast path on Hopper uses them
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:
     TensorDescriptor = None
@@ -290,7 +290,7 @@ def _attn_fwd(Q, K, V, O, LSE2, qk_scale, N_Q, N_KV, GROUP,
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). fwd and dq: BLOCK_M queries per program, BLOCK_N keys
 # per step (BLOCK_M % BLOCK_N == 0); dkdv: BLOCK_N keys per program, BLOCK_M queries per step.
 FIXED = {"fwd": (32, 16, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 16, 4, 2),
-         "dkdv_tma": (16, 32, 4, 2), "dq_tma": (32, 16, 4, 2)}
+         "fwd_tma": (32, 16, 4, 2), "dkdv_tma": (16, 32, 4, 2), "dq_tma": (32, 16, 4, 2)}
 TUNING = {  # candidates for fp16/bf16 on a GPU, by kernel and head dim (d < 64 uses the d = 64 row)
     "fwd": {64: [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
             128: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]},
@@ -299,6 +299,8 @@ TUNING = {  # candidates for fp16/bf16 on a GPU, by kernel and head dim (d < 64 
     "dq": {64: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 4, 3)],
            128: [(128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 4)]},
     # section 9's TMA kernels: the tiles that won in benchmarks/flash_attention_levers.py on an H200
+    "fwd_tma": {64: [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
+                128: [(128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3)]},
     "dkdv_tma": {64: [(64, 64, 4, 3), (64, 128, 8, 3), (32, 128, 4, 3)], 128: [(64, 128, 8, 3), (64, 64, 4, 3)]},
     "dq_tma": {64: [(128, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3)], 128: [(128, 64, 8, 2), (128, 32, 4, 3)]},
 }
@@ -393,26 +395,22 @@ def _precision(q):  # float32: exact products ("ieee"); fp16/bf16 ignore it
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
-def _flash_forward(q, k, v, causal, sm_scale, config=None):
-    """Run the forward kernel; returns O and the log-sum-exp in BASE 2 (float32, (B, H, T_q))."""
+def _flash_forward(q, k, v, causal, sm_scale, config=None, tma=False):
+    """Run the forward kernel; returns O and the log-sum-exp in BASE 2 (float32, (B, H, T_q)).
+    tma=True: section 9's descriptor twin of the kernel (a GPU of compute capability >= 9 only)."""
     B, H, T_q, d = q.shape
     H_kv, T_k = k.shape[1], k.shape[2]
     o = torch.empty_like(q)
     lse2 = torch.empty(B, H, T_q, dtype=torch.float32, device=q.device)  # log-sum-exp, base 2
     grid = lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
-    _launch("fwd", _attn_fwd, grid, q, q, k, v, o, lse2, sm_scale * LOG2E, T_q, T_k, H // H_kv, config=config,
-            HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_precision(q))
+    args = (lse2, sm_scale * LOG2E, T_q, T_k, H // H_kv)
+    consts = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_precision(q))
+    if tma:  # same maths, tiles moved by the copy engine (section 9)
+        descs = [_tma_desc(t) for t in (q, k, v, o)]
+        _launch("fwd_tma", _attn_fwd_tma, grid, q, *descs, *args, config=config, pre_hook=_tma_blocks, **consts)
+    else:
+        _launch("fwd", _attn_fwd, grid, q, q, k, v, o, *args, config=config, **consts)
     return o, lse2
-
-
-def flash_attention_forward(q, k, v, *, causal=False, sm_scale=None):
-    """FlashAttention-2 forward in Triton (no autograd). q: [B, H, T_q, d], k, v: [B, H_kv, T_k, d],
-    float16/bfloat16/float32, d in (16, 32, 64, 128). Returns (out [B, H, T_q, d], lse [B, H, T_q]
-    float32), lse being the NATURAL-log log-sum-exp of each row of scaled scores (the kernel keeps it
-    in base 2 and converts here; Dao, 2023, Algorithm 1). Masking as in flash_attention."""
-    q, k, v, sm_scale = _check_inputs("flash_attention_forward", q, k, v, causal, sm_scale)
-    o, lse2 = _flash_forward(q, k, v, causal, sm_scale)
-    return o, lse2 / LOG2E
 
 def tiled_attention_backward(q, k, v, out, lse, dout, *, block_q: int, block_k: int, causal: bool = False):
     """dQ, dK, dV of attention, tile by tile, by recomputation (FlashAttention-2, Dao 2023, Algorithm 2).
@@ -697,6 +695,58 @@ def _attn_bwd_dq_tma(desc_q, desc_k, desc_v, desc_do, desc_dq, LSE2, DELTA, sm_s
                                 full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, DOT_PRECISION)
     desc_dq.store([off_bh, start_m, 0], (dq * sm_scale).to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
 
+@triton.jit
+def _attn_fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, lo, hi, qk_scale,
+                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                        CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """_attn_fwd_inner with K_j and V_j read by the copy engine (rows >= T_k arrive as 0)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # (1, BLOCK_N, d) -> (BLOCK_N, d)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if MASKED:
+            cols = start_n + offs_n
+            keep = cols[None, :] < N_KV
+            if CAUSAL:
+                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)  # acc += P̃ V inside the product
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_tma(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
+                  HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_attn_fwd through TMA descriptors over [B·H, T, d] views; same loops, same masks."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    off_bh = tl.program_id(1)
+    off_kv = off_bh // GROUP
+    OFF = N_KV - N_Q
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
+    acc, l_i, m_i = _attn_fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
+                                        full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _attn_fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
+                                        full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, DOT_PRECISION)
+    acc = acc / l_i[:, None]
+    desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows >= T_q clipped
+    tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
+
 _KEY_ROWS = ("desc_k", "desc_v", "desc_dk", "desc_dv")       # tiles of BLOCK_N keys; the rest: BLOCK_M queries
 
 
@@ -715,12 +765,18 @@ def _tma_blocks(nargs):
 
 
 def _use_tma(*tensors):
-    """The backward's TMA fast path: compiled on a GPU of compute capability >= 9 with descriptors in
+    """The TMA fast path can run: compiled on a GPU of compute capability >= 9 with descriptors in
     this Triton, every tensor's start 16-byte aligned. Everywhere else the pointer kernels run."""
     t = tensors[0]
     return (TensorDescriptor is not None and t.is_cuda and not INTERPRET
             and torch.cuda.get_device_capability(t.device)[0] >= 9
             and all(x.data_ptr() % 16 == 0 for x in tensors))
+
+
+def _forward_tma(q, k, v):
+    """The forward takes its TMA twin where it can run and d = 128 (measured faster there on an H200,
+    section 12); at d <= 64 it measured as fast as the taught pointer kernel, which stays."""
+    return q.shape[-1] == 128 and _use_tma(q, k, v)
 
 from torch.autograd.function import once_differentiable
 
@@ -756,7 +812,7 @@ def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None)
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale):
-        o, lse2 = _flash_forward(q, k, v, causal, sm_scale)
+        o, lse2 = _flash_forward(q, k, v, causal, sm_scale, tma=_forward_tma(q, k, v))
         ctx.save_for_backward(q, k, v, o, lse2)               # O(T) memory: no P
         ctx.causal, ctx.sm_scale = causal, sm_scale
         ctx.set_materialize_grads(False)                      # an unused output's gradient stays None
@@ -778,8 +834,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
     Forward: FlashAttention-2 (Dao, 2023, Algorithm 1): outer loop over query blocks, online softmax
     in base 2, one final rescale, stores the log-sum-exp (in base 2, internally). Backward: recomputes P
-    from it (Algorithm 2), dK/dV and dQ in separate Triton kernels (on a GPU with TMA, compute capability
-    >= 9, their TMA-descriptor versions); once differentiable (no double backward).
+    from it (Algorithm 2), dK/dV and dQ in separate Triton kernels; once differentiable (no double
+    backward). On a GPU with TMA (compute capability >= 9) the backward kernels, and the forward at
+    d = 128, run as their TMA-descriptor versions.
     q: [B, H, T_q, d]; k, v: [B, H_kv, T_k, d], one dtype out of float16, bfloat16, float32 (bfloat16
     needs a GPU); d in (16, 32, 64, 128) (pad others with zeros); T_q, T_k >= 1.
     GQA/MQA: H_kv divides H; query head h reads key/value head h // (H / H_kv) in place (the
@@ -799,3 +856,13 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         raise TypeError(f"flash_attention: return_lse must be True or False, got {return_lse!r}")
     o, lse2 = _FlashAttention.apply(q, k, v, causal, sm_scale)
     return (o, lse2 / LOG2E) if return_lse else o            # natural log made only when asked (no extra memory)
+
+
+def flash_attention_forward(q, k, v, *, causal=False, sm_scale=None):
+    """FlashAttention-2 forward in Triton (no autograd). q: [B, H, T_q, d], k, v: [B, H_kv, T_k, d],
+    float16/bfloat16/float32, d in (16, 32, 64, 128). Returns (out [B, H, T_q, d], lse [B, H, T_q]
+    float32), lse being the NATURAL-log log-sum-exp of each row of scaled scores (the kernel keeps it
+    in base 2 and converts here; Dao, 2023, Algorithm 1). Masking and kernels as in flash_attention."""
+    q, k, v, sm_scale = _check_inputs("flash_attention_forward", q, k, v, causal, sm_scale)
+    o, lse2 = _flash_forward(q, k, v, causal, sm_scale, tma=_forward_tma(q, k, v))
+    return o, lse2 / LOG2E

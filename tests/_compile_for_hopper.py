@@ -32,7 +32,7 @@ INTS = {"N_Q", "N_KV", "GROUP", "N_CTX"}
 SCALARS = {"sm_scale", "qk_scale"}
 FLOAT32 = {"LSE2", "DELTA"}
 KERNELS = [("fwd", fa._attn_fwd), ("dkdv", fa._attn_bwd_dkdv), ("dq", fa._attn_bwd_dq),
-           ("dkdv_tma", fa._attn_bwd_dkdv_tma), ("dq_tma", fa._attn_bwd_dq_tma)]
+           ("fwd_tma", fa._attn_fwd_tma), ("dkdv_tma", fa._attn_bwd_dkdv_tma), ("dq_tma", fa._attn_bwd_dq_tma)]
 
 
 def signature(kernel, consts, d, dtype="bf16"):

@@ -453,6 +453,31 @@ def test_backward_through_tma_descriptors_matches_autograd(dtype, H, H_kv, T_q, 
         assert_close(got.double(), r.grad, atol=1e-4 if dtype == torch.float32 else 4e-3, rtol=0)
 
 
+@pytest.mark.skipif(not fa.INTERPRET or fa.TensorDescriptor is None, reason="descriptors in the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("H, H_kv, T_q, T_k, d, causal", [(2, 2, 37, 37, 32, False), (2, 2, 37, 37, 16, True),
+                                                         (4, 1, 20, 53, 32, True), (4, 2, 1, 40, 64, True),
+                                                         (2, 1, 45, 30, 32, False)])
+def test_forward_through_tma_descriptors_matches_sdpa(dtype, H, H_kv, T_q, T_k, d, causal):
+    """The forward's descriptor twin (P V accumulated inside tl.dot) against float64 SDPA with the
+    bottom-right mask, and its base-2 log-sum-exp against torch.logsumexp of the masked scores."""
+    from torch.nn.attention.bias import causal_lower_right
+    torch.manual_seed(T_q * T_k + H + d)
+    q = torch.randn(2, H, T_q, d).to(dtype)
+    k, v = (torch.randn(2, H_kv, T_k, d).to(dtype) for _ in range(2))
+    o, lse2 = fa._flash_forward(q, k, v, causal, d ** -0.5, tma=True)
+    xr = [t.double() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*xr, attn_mask=causal_lower_right(T_q, T_k) if causal else None,
+                                         enable_gqa=True)
+    s = xr[0] @ xr[1].repeat_interleave(H // H_kv, dim=1).transpose(-2, -1) * d ** -0.5   # (2, H, T_q, T_k)
+    if causal:
+        s = s.masked_fill(torch.ones(T_q, T_k, dtype=torch.bool).triu(T_k - T_q + 1), -math.inf)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert o.dtype == dtype and o.shape == q.shape and lse2.shape == (2, H, T_q)
+    assert_close(o.double(), ref, atol=tol, rtol=0)
+    assert_close(lse2.double() / fa.LOG2E, torch.logsumexp(s, -1), atol=1e-4, rtol=0)
+
+
 def test_pre_hook_sets_the_descriptor_blocks_for_a_forced_config():
     """_launch calls pre_hook with the kernel's arguments by name and the tile sizes; _tma_blocks gives
     key tiles BLOCK_N rows and query tiles BLOCK_M rows."""
@@ -476,10 +501,12 @@ def test_pre_hook_sets_the_descriptor_blocks_for_a_forced_config():
 def test_tma_path_only_where_it_can_run():
     """No TMA on a CPU (interpreter or not), nor for a tensor whose start is not 16-byte aligned."""
     x = torch.randn(1, 1, 8, 16)
-    assert not fa._use_tma(x, x)
+    assert not fa._use_tma(x, x) and not fa._forward_tma(x, x, x)
     if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 and not fa.INTERPRET:
         y = torch.randn(100, device="cuda")[1:65].view(1, 1, 4, 16)   # 4 bytes past an aligned start
         assert fa._use_tma(y.clone(), y.clone()) and not fa._use_tma(y, y)
+        z = torch.randn(1, 1, 8, 128, device="cuda")
+        assert fa._forward_tma(z, z, z) and not fa._forward_tma(z[..., :64], z[..., :64], z[..., :64])  # d = 128 only
 
 
 @needs_triton
@@ -500,7 +527,7 @@ def test_return_lse_costs_no_memory_when_not_asked():
 
 @needs_triton
 def test_every_kernel_compiles_for_hopper_without_a_gpu():
-    """Triton's compiler needs no GPU: lesson 07's five kernels, d = 64 and 128, causal and not, go from
+    """Triton's compiler needs no GPU: lesson 07's six kernels, d = 64 and 128, causal and not, go from
     Python to a cubin for sm_90 here. The interpreter runs things the compiler refuses (a loop over a
     tuple of bounds once passed every CPU test and failed on the H200); this catches that on a CPU.
     The PTX has Hopper's wgmma in every kernel (float32's exact products aside), and TMA copies exactly
@@ -516,7 +543,7 @@ def test_every_kernel_compiles_for_hopper_without_a_gpu():
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 20 + 8                       # 5 kernels × d 64/128 × causal or not; 2 TMA kernels × 4
+    assert len(rows) == 24 + 12                      # 6 kernels × d 64/128 × causal or not; 3 TMA kernels × 4
     for r in rows:
         assert "cubin" in r["stages"] and r["wgmma"], r
         assert r["tma"] == r["kernel"].endswith("_tma"), r
