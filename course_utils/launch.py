@@ -188,6 +188,13 @@ def _unpack(rng: dict, sources: dict, blob: bytes):
     return fn, args
 
 
+# After the first failure, how long the parent waits for the other ranks' reports. The wait ends
+# early once every rank has reported or exited; only a rank that is still running (a hang, or a
+# long computation) makes the error wait the whole time. 1 s was too short on a loaded 2-core CI
+# machine: a rank's report of the same error arrived later, and the wrong rank was blamed.
+_GRACE_S = 5.0
+
+
 def _rank_main(rank, world_size, backend, port, timeout, threads, parent_pid, logdir, go, job, q,
                shipped=False, startup=None):
     """One rank. ``job`` is ``(fn, args)`` after a fork, or ``(env, rng, sources, blob)`` sent by value.
@@ -501,7 +508,7 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                     except queue.Empty:
                         failures[r] = _death_text(p.exitcode)
                         died.add(r)
-                        grace_end = grace_end or time.monotonic() + 1.0
+                        grace_end = grace_end or time.monotonic() + _GRACE_S
                 else:
                     continue
             if status == "connected":
@@ -510,9 +517,11 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                     deadline = time.monotonic() + timeout
             elif status == "error":
                 failures[rank] = payload
-                # Peers of a failed rank fail soon after ("connection reset"); wait a moment so
-                # the report blames the rank that failed first, not one that saw the fallout.
-                grace_end = grace_end or time.monotonic() + 1.0
+                # Peers of a failed rank fail soon after ("connection reset"), and ranks that fail
+                # the same way report too; wait for them (the loop ends as soon as every rank is
+                # accounted for) so the report blames the rank that failed first, not one that saw
+                # the fallout, and can tell "all ranks failed the same way".
+                grace_end = grace_end or time.monotonic() + _GRACE_S
             else:
                 results[rank] = payload
         if failures:
