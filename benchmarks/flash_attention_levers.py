@@ -1,6 +1,7 @@
 """Issue 22's speed levers, one change at a time, in one GPU call (lesson 07's kernels against cuDNN).
 
     python benchmarks/flash_attention_levers.py             # GPU: check, then time every variant
+    python benchmarks/flash_attention_levers.py --round3    # GPU: persistent forward against tma
     TRITON_INTERPRET=1 python benchmarks/flash_attention_levers.py --cpu-check   # the new kernels' maths
 
 Variants (each is lesson 07's kernel with ONE change, so a difference in time has one cause):
@@ -14,6 +15,8 @@ Variants (each is lesson 07's kernel with ONE change, so a difference in time ha
               round 1 only: Triton 3.6 refuses it on sm_90)
     tma_pipe  tma with the loop skewed by hand: S of the next key block is issued before the softmax
               of this one (FlashAttention-3's intra-warpgroup overlap, asked for in plain Triton)
+    persist   tma as a persistent kernel (round 3, --round3): a fixed grid of 1 or 2 programs per SM walks
+              the (query block, head) tiles, causal ones longest first across all heads
   backward (dQ, dK, dV from O and the base-2 log-sum-exp)
     cur       the two kernels of lesson 07 (dK/dV, then dQ: 4 + 3 = 7 products per tile), config pairs
     atomic    one kernel, FlashAttention-2's Algorithm 2 (Dao, 2023): per tile S, dV, dP, dK and dQ,
@@ -160,6 +163,52 @@ def forward_pipe(q, k, v, causal, sm_scale, config):
     _fwd_pipe[(triton.cdiv(T_q, bm), B * H)](
         _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(o, bm), lse2, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv,
         HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+    return o, lse2
+
+
+@triton.jit
+def _fwd_persist(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP, N_BH,
+                 HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_fwd_tma as a persistent kernel: a fixed grid (a few programs per SM) walks the list of
+    (query block, head) tiles, tile = program id + i · programs. Causal: the list runs longest rows
+    first across ALL heads (the launched grid of _fwd_tma does so within each head only)."""
+    n_m = tl.cdiv(N_Q, BLOCK_M)
+    OFF = N_KV - N_Q
+    offs_n = tl.arange(0, BLOCK_N)
+    for tile in range(tl.program_id(0), n_m * N_BH, tl.num_programs(0)):
+        pid_m = tile // N_BH                       # heads vary fastest: equal-length tiles side by side
+        if CAUSAL:
+            pid_m = n_m - 1 - pid_m
+        off_bh = tile % N_BH
+        off_kv = off_bh // GROUP
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
+        acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
+                                       full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, False)
+        acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
+                                       full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, False)
+        acc = acc / l_i[:, None]
+        desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
+        tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
+
+
+def forward_persist(q, k, v, causal, sm_scale, config):
+    """config = (BLOCK_M, BLOCK_N, warps, stages, programs per SM)."""
+    B, H, T_q, d = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
+    bm, bn, w, s, per_sm = config
+    o = torch.empty_like(q)
+    lse2 = torch.empty(B, H, T_q, dtype=torch.float32, device=q.device)
+    n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 3
+    grid = (min(triton.cdiv(T_q, bm) * B * H, n_sm * per_sm),)
+    _fwd_persist[grid](
+        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(o, bm), lse2, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv,
+        B * H, HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
     return o, lse2
 
 
@@ -455,6 +504,53 @@ def gpu_main(out):
     print(f"total {time.time() - t0:.0f} s")
 
 
+def round3(out):
+    """Round 3, persistent scheduling (the last lever issue 22 named), forward only. Per shape and tile:
+    tma, persist with 1 and 2 programs per SM, then tma again ("tma_after"). The two tma times bracket
+    the persistent ones, so a drift of the clocks over the sandwich shows as a difference between them."""
+    import torch.nn.functional as F  # noqa: PLC0415
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
+
+    print(f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}; triton {triton.__version__}", flush=True)
+    rows, t0, path = [], time.time(), Path(out) / "07_flash_attention_levers_round3.csv"
+    for d, causal, T, B, H in SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(B, H, T, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            o_ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            variants = [("cudnn", "", lambda: (F.scaled_dot_product_attention(q, k, v, is_causal=causal),))]
+        for c in FWD_CONFIGS:
+            variants += [("tma", c, lambda c=c: forward_tma(q, k, v, causal, d ** -0.5, c))]
+            variants += [("persist", c + (n,), lambda c=c, n=n: forward_persist(q, k, v, causal, d ** -0.5, c + (n,)))
+                         for n in (1, 2)]
+            variants += [("tma_after", c, lambda c=c: forward_tma(q, k, v, causal, d ** -0.5, c))]
+        for name, cfg, fn in variants:
+            r = dict(d=d, causal=causal, T=T, variant=name, config=str(cfg), **{"pass": "fwd"})
+            try:
+                if name == "cudnn":
+                    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                        r["err"] = rel_err(fn()[0], o_ref)
+                        med, p20, p80, n = spread(fn)
+                else:
+                    r["err"] = rel_err(fn()[0], o_ref)
+                    med, p20, p80, n = (spread(fn) if r["err"] <= 2e-2 else (math.nan,) * 3 + (0,))
+                r.update(ms=med, p20=p20, p80=p80, n=n, status="ok" if r["err"] <= 2e-2 else "WRONG")
+            except Exception as e:  # noqa: BLE001 - a variant that does not compile is a result too
+                r["status"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+                torch.cuda.synchronize()
+            rows.append(r)
+            print(f"{d:4d} {causal!s:5s} {T:6d} {name:9s} {str(cfg):20s} {r.get('ms', math.nan):8.3f} ms  "
+                  f"err {r.get('err', math.nan):.1e} {r['status']} [{time.time() - t0:.0f} s]", flush=True)
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k_ for x in rows for k_ in x)))
+            w.writeheader()
+            w.writerows(rows)
+        del q, k, v, o_ref
+        torch.cuda.empty_cache()
+    print(f"total {time.time() - t0:.0f} s")
+
+
 def cpu_check():
     """The new kernels' maths in the interpreter: float32 and float16, GQA, T_q != T_k, causal and not."""
     import torch.nn.functional as F  # noqa: PLC0415
@@ -479,12 +575,14 @@ def cpu_check():
             e_g = max(rel_err(x, t.grad) for x, t in zip(grads, (q64, k64, v64)))
             # dq_tma / fused=True: the interpreter has no descriptor reduce (Triton 3.9); checked on the GPU
             o_p, _ = forward_pipe(q, k, v, causal, scale, (16, 16, 4, 2))
+            o_s, lse_s = forward_persist(q, k, v, causal, scale, (16, 16, 4, 2, 1))   # 3 programs walk all tiles
+            e_o = max(e_o, rel_err(o_s, o64.detach()), rel_err(lse_s, lse_c.double()))
             grads_7 = fa._flash_backward(q, k, v, o_c, lse_c, do, causal, scale, configs=((16, 16, 4, 2),) * 2, tma=True)
             e_t = max([rel_err(o_p, o64.detach())] + [rel_err(x, t.grad) for x, t in zip(grads_7, (q64, k64, v64))])
             e_l = rel_err(lse2, lse_c.double())
             assert max(e_o, e_g, e_t, e_l) < tol, (dtype, B, H, H_kv, T_q, T_k, d, causal, e_o, e_g, e_t, e_l)
             print(f"✓ {str(dtype)[6:]:8s} B={B} H={H} H_kv={H_kv} T_q={T_q:2d} T_k={T_k:2d} d={d} causal={causal!s:5s} "
-                  f"tma fwd {e_o:.1e}, lse {e_l:.1e}, fused bwd {e_g:.1e}, pipe fwd / tma bwd {e_t:.1e}")
+                  f"tma/persist fwd {e_o:.1e}, lse {e_l:.1e}, fused bwd {e_g:.1e}, pipe fwd / tma bwd {e_t:.1e}")
 
 
 def resources():
@@ -546,12 +644,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu-check", action="store_true")
     p.add_argument("--resources", action="store_true", help="registers, spills, shared memory per kernel")
+    p.add_argument("--round3", action="store_true", help="persistent scheduling against tma, forward only")
     p.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "assets")))
     args = p.parse_args()
     if args.cpu_check:
         cpu_check()
     elif args.resources:
         resources()
+    elif args.round3:
+        round3(args.out)
     else:
         gpu_main(args.out)
 

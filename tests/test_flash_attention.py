@@ -547,3 +547,21 @@ def test_every_kernel_compiles_for_hopper_without_a_gpu():
     for r in rows:
         assert "cubin" in r["stages"] and r["wgmma"], r
         assert r["tma"] == r["kernel"].endswith("_tma"), r
+
+
+@needs_triton
+@pytest.mark.skipif(fa.TensorDescriptor is None, reason="needs Triton with tensor descriptors")
+def test_the_lever_study_kernels_match_sdpa_in_the_interpreter():
+    """benchmarks/flash_attention_levers.py --cpu-check: the lever study's own kernels (the tma, pipelined
+    and persistent forwards, the 5-product backward) against float64 SDPA, float32 and float16, GQA,
+    T_q != T_k, causal and not. Its GPU timings are only worth something if these are right."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "flash_attention_levers.py"), "--cpu-check"],
+                          env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600,
+                          cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("✓") == 12, done.stdout
