@@ -10,9 +10,9 @@ Variants (each is lesson 07's kernel with ONE change, so a difference in time ha
     tma       the same loop with Q, K, V, O read and written through TMA tensor descriptors (3-D,
               [B·H, T, d], so a block past T is clipped per head) and the P·V product accumulating into
               acc (`tl.dot(p, v, acc)`, as Triton's tutorial 06 does); adopted since as lesson 07's
-              forward on Hopper at d = 128 (fa._attn_fwd_tma, this code plus DOT_PRECISION)
+              forward on Hopper at d = 128, and timed here as fa._attn_fwd_tma
     tma_ws    tma with `tl.range(..., warp_specialize=True)` (Triton's automatic warp specialisation;
-              round 1 only: Triton 3.6 refuses it on sm_90)
+              round 1 only: Triton 3.6 refuses it on sm_90; its code is in git history)
     tma_pipe  tma with the loop skewed by hand: S of the next key block is issued before the softmax
               of this one (FlashAttention-3's intra-warpgroup overlap, asked for in plain Triton)
     persist   tma as a persistent kernel (round 3, --round3): a fixed grid of 1 or 2 programs per SM walks
@@ -61,60 +61,10 @@ except ImportError:  # Triton < 3.4
 
 # ----------------------------------------------------------------------------- forward through TMA
 @triton.jit
-def _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, lo, hi, qk_scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-                   CAUSAL: tl.constexpr, WARP_SPEC: tl.constexpr):
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
-        k = desc_k.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)   # rows >= T_k read as 0
-        s = tl.dot(q, tl.trans(k))
-        if MASKED:
-            cols = start_n + offs_n
-            keep = cols[None, :] < N_KV
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] + OFF >= cols[None, :])
-            s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-        acc = tl.dot(p.to(v.dtype), v, acc)                    # the product accumulates into acc
-        m_i = m_new
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _fwd_tma(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
-             HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             WARP_SPEC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    off_bh = tl.program_id(1)
-    off_kv = off_bh // GROUP
-    OFF = N_KV - N_Q
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    q = desc_q.load([off_bh, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
-    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
-                                   full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, WARP_SPEC)
-    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
-                                   full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, False)
-    acc = acc / l_i[:, None]
-    desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows >= T_q clipped
-    tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
-
-
-@triton.jit
 def _fwd_pipe(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
-              HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """_fwd_tma with the loop skewed by hand: S_(j+1) = Q K_(j+1)ᵀ is issued before the softmax of S_j,
+              HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """lesson 07's _attn_fwd_tma with the loop skewed by hand: S_(j+1) = Q K_(j+1)ᵀ is issued before the softmax of S_j,
     so the matrix unit can work while the exponentials are computed (the overlap FlashAttention-3,
     Shah et al., 2024, §3.2, gets within one warpgroup). The last step computes one unused S."""
     pid_m = tl.program_id(0)
@@ -133,22 +83,23 @@ def _fwd_pipe(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP,
     full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
     if full_hi > 0:
         k = desc_k.load([off_kv, 0, 0]).reshape(BLOCK_N, HEAD_DIM)
-        s = tl.dot(q, tl.trans(k))
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         for start_n in range(0, full_hi, BLOCK_N):
             nxt = tl.minimum(start_n + BLOCK_N, full_hi - BLOCK_N)
             k_next = desc_k.load([off_kv, nxt, 0]).reshape(BLOCK_N, HEAD_DIM)
-            s_next = tl.dot(q, tl.trans(k_next))                       # issued before the softmax below
+            s_next = tl.dot(q, tl.trans(k_next), input_precision=DOT_PRECISION)  # issued before the softmax below
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
             p = tl.exp2(s * qk_scale - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             v = desc_v.load([off_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-            acc = tl.dot(p.to(v.dtype), v, acc)
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
             s = s_next
-    acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
-                                   full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, False)
+    acc, l_i, m_i = fa._attn_fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
+                                           full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL,
+                                           DOT_PRECISION)
     acc = acc / l_i[:, None]
     desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
     tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
@@ -162,16 +113,18 @@ def forward_pipe(q, k, v, causal, sm_scale, config):
     lse2 = torch.empty(B, H, T_q, dtype=torch.float32, device=q.device)
     _fwd_pipe[(triton.cdiv(T_q, bm), B * H)](
         _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(o, bm), lse2, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv,
-        HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=fa._precision(q), BLOCK_M=bm, BLOCK_N=bn, num_warps=w,
+        num_stages=s)
     return o, lse2
 
 
 @triton.jit
 def _fwd_persist(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROUP, N_BH,
-                 HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """_fwd_tma as a persistent kernel: a fixed grid (a few programs per SM) walks the list of
-    (query block, head) tiles, tile = program id + i · programs. Causal: the list runs longest rows
-    first across ALL heads (the launched grid of _fwd_tma does so within each head only)."""
+                 HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """lesson 07's _attn_fwd_tma as a persistent kernel: a fixed grid (a few programs per SM) walks the
+    list of (query block, head) tiles, tile = program id + i · programs. Causal: the list runs longest
+    rows first across ALL heads (the launched grid does so within each head only)."""
     n_m = tl.cdiv(N_Q, BLOCK_M)
     OFF = N_KV - N_Q
     offs_n = tl.arange(0, BLOCK_N)
@@ -188,10 +141,12 @@ def _fwd_persist(desc_q, desc_k, desc_v, desc_o, LSE2, qk_scale, N_Q, N_KV, GROU
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         full_hi, masked_hi = _key_ranges(start_m, OFF, N_KV, BLOCK_M, BLOCK_N, CAUSAL)
-        acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF, 0,
-                                       full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL, False)
-        acc, l_i, m_i = _fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV, OFF,
-                                       full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL, False)
+        acc, l_i, m_i = fa._attn_fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV,
+                                               OFF, 0, full_hi, qk_scale, HEAD_DIM, BLOCK_N, False, CAUSAL,
+                                               DOT_PRECISION)
+        acc, l_i, m_i = fa._attn_fwd_tma_inner(acc, l_i, m_i, q, desc_k, desc_v, off_kv, offs_m, offs_n, N_KV,
+                                               OFF, full_hi, masked_hi, qk_scale, HEAD_DIM, BLOCK_N, True, CAUSAL,
+                                               DOT_PRECISION)
         acc = acc / l_i[:, None]
         desc_o.store([off_bh, start_m, 0], acc.to(q.dtype).reshape(1, BLOCK_M, HEAD_DIM))
         tl.store(LSE2 + off_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=offs_m < N_Q)
@@ -208,7 +163,8 @@ def forward_persist(q, k, v, causal, sm_scale, config):
     grid = (min(triton.cdiv(T_q, bm) * B * H, n_sm * per_sm),)
     _fwd_persist[grid](
         _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(o, bm), lse2, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv,
-        B * H, HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        B * H, HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=fa._precision(q), BLOCK_M=bm, BLOCK_N=bn,
+        num_warps=w, num_stages=s)
     return o, lse2
 
 
@@ -218,16 +174,11 @@ def _desc(t, block):
     return TensorDescriptor.from_tensor(t.view(B * H, T, d), [1, block, d])
 
 
-def forward_tma(q, k, v, causal, sm_scale, config, warp_spec=False):
-    B, H, T_q, d = q.shape
-    H_kv, T_k = k.shape[1], k.shape[2]
-    bm, bn, w, s = config
-    o = torch.empty_like(q)
-    lse2 = torch.empty(B, H, T_q, dtype=torch.float32, device=q.device)
-    _fwd_tma[(triton.cdiv(T_q, bm), B * H)](
-        _desc(q, bm), _desc(k, bn), _desc(v, bn), _desc(o, bm), lse2, sm_scale * fa.LOG2E, T_q, T_k, H // H_kv,
-        HEAD_DIM=d, CAUSAL=causal, BLOCK_M=bm, BLOCK_N=bn, WARP_SPEC=warp_spec, num_warps=w, num_stages=s)
-    return o, lse2
+def forward_tma(q, k, v, causal, sm_scale, config):
+    """The `tma` variant: lesson 07's _attn_fwd_tma with the tile forced. Rounds 1 and 2 timed this
+    script's own copy of that kernel (the same code without DOT_PRECISION, and with round 1's
+    WARP_SPEC switch for `tma_ws`); it is in git history before the lesson adopted the kernel."""
+    return fa._flash_forward(q, k, v, causal, sm_scale, config=config, tma=True)
 
 
 # ------------------------------------------------------------- backward in one pass, 5 products per tile
@@ -600,9 +551,9 @@ def resources():
         jobs = [("fwd cur", c, lambda c: fa._attn_fwd[(T // c[0], B * H)](
                     q, k, v, o, lse2, d ** -0.5 * fa.LOG2E, *lengths, **common, DOT_PRECISION="tf32",
                     BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3])) for c in FWD_CONFIGS[:4]]
-        jobs += [("fwd tma", c, lambda c: _fwd_tma[(T // c[0], B * H)](
+        jobs += [("fwd tma", c, lambda c: fa._attn_fwd_tma[(T // c[0], B * H)](
                     _desc(q, c[0]), _desc(k, c[1]), _desc(v, c[1]), _desc(o, c[0]), lse2, d ** -0.5 * fa.LOG2E,
-                    *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1], WARP_SPEC=False, num_warps=c[2],
+                    *lengths, **common, DOT_PRECISION="tf32", BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2],
                     num_stages=c[3])) for c in FWD_CONFIGS[:4]]
         jobs += [("dkdv", c, lambda c: fa._attn_bwd_dkdv[(T // c[1], B * H)](
                     q, k, v, do, lse2, delta, k, v, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common,
@@ -619,8 +570,8 @@ def resources():
         desc = lambda t, b: _desc(t, b)  # noqa: E731
         jobs += [("fwd pipe", c, lambda c: _fwd_pipe[(T // c[0], B * H)](
                     desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(o, c[0]), lse2, d ** -0.5 * fa.LOG2E,
-                    *lengths, **common, BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3]))
-                 for c in FWD_CONFIGS]
+                    *lengths, **common, DOT_PRECISION="tf32", BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2],
+                    num_stages=c[3])) for c in FWD_CONFIGS]
         jobs += [("dkdv tma", c, lambda c: fa._attn_bwd_dkdv_tma[(T // c[1], B * H)](
                     desc(q, c[0]), desc(k, c[1]), desc(v, c[1]), desc(do, c[0]), desc(k, c[1]), desc(v, c[1]),
                     lse2, delta, d ** -0.5, d ** -0.5 * fa.LOG2E, *lengths, **common, DOT_PRECISION="tf32",
