@@ -136,32 +136,9 @@ def test_gqa_and_unequal_lengths_bf16(H, H_kv, T_q, T_k, d, causal):
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("H, H_kv, T_q, T_k, d, causal", [
     (8, 8, 1000, 1000, 64, True), (8, 2, 333, 1024, 128, True), (4, 4, 2048, 2048, 128, False)])
-def test_both_forward_paths_bf16(tma, H, H_kv, T_q, T_k, d, causal):
-    """The forward's pointer kernel and its TMA twin, forced, against float64 SDPA (output and LSE)."""
-    from course_utils.flash_attention import _flash_forward, _use_tma
-    from torch.nn.attention.bias import causal_lower_right
-    if tma and not _use_tma(torch.empty(1, device="cuda")):
-        pytest.skip("TMA needs compute capability >= 9 and Triton's tensor descriptors")
-    torch.manual_seed(T_q + d + 1)
-    q = torch.randn(2, H, T_q, d, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(2, H_kv, T_k, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    o, lse2 = _flash_forward(q, k, v, causal, d ** -0.5, tma=tma)
-    xr = [t.double() for t in (q, k, v)]
-    mask = causal_lower_right(T_q, T_k) if causal else None
-    ref = F.scaled_dot_product_attention(*xr, attn_mask=mask, enable_gqa=True)
-    s = xr[0] @ xr[1].repeat_interleave(H // H_kv, dim=1).transpose(-2, -1) * d ** -0.5   # (2, H, T_q, T_k)
-    if causal:
-        s = s.masked_fill(torch.ones(T_q, T_k, dtype=torch.bool, device="cuda").triu(T_k - T_q + 1), -math.inf)
-    assert torch.isfinite(o).all()
-    assert (o.double() - ref).norm() / ref.norm() < 2e-2
-    torch.testing.assert_close(lse2.double() / LOG2E, torch.logsumexp(s, -1), atol=2e-2, rtol=0)
-
-
-@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
-@pytest.mark.parametrize("H, H_kv, T_q, T_k, d, causal", [
-    (8, 8, 1000, 1000, 64, True), (8, 2, 333, 1024, 128, True), (4, 4, 2048, 2048, 128, False)])
-def test_both_backward_paths_bf16(tma, H, H_kv, T_q, T_k, d, causal):
-    """On Hopper the autograd path takes the TMA kernels; both paths, forced, against float64 SDPA."""
+def test_both_kernel_paths_bf16(tma, H, H_kv, T_q, T_k, d, causal):
+    """The pointer kernels and their TMA twins (what Hopper takes), each path forced for the forward and
+    the backward, against float64 SDPA: output, log-sum-exp and dQ, dK, dV."""
     from course_utils.flash_attention import _flash_backward, _flash_forward, _use_tma
     from torch.nn.attention.bias import causal_lower_right
     if tma and not _use_tma(torch.empty(1, device="cuda")):
@@ -169,12 +146,17 @@ def test_both_backward_paths_bf16(tma, H, H_kv, T_q, T_k, d, causal):
     torch.manual_seed(T_q + d)
     q, do = (torch.randn(2, H, T_q, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     k, v = (torch.randn(2, H_kv, T_k, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    o, lse2 = _flash_forward(q, k, v, causal, d ** -0.5)
+    o, lse2 = _flash_forward(q, k, v, causal, d ** -0.5, tma=tma)
     grads = _flash_backward(q, k, v, o, lse2, do, causal, d ** -0.5, tma=tma)
     xr = [t.double().requires_grad_() for t in (q, k, v)]
-    F.scaled_dot_product_attention(*xr, attn_mask=causal_lower_right(T_q, T_k) if causal else None,
-                                   enable_gqa=True).backward(do.double())
-    for got, r in zip(grads, xr):
+    ref = F.scaled_dot_product_attention(*xr, attn_mask=causal_lower_right(T_q, T_k) if causal else None,
+                                         enable_gqa=True)
+    ref.backward(do.double())
+    s = xr[0] @ xr[1].repeat_interleave(H // H_kv, dim=1).transpose(-2, -1) * d ** -0.5   # (2, H, T_q, T_k)
+    if causal:
+        s = s.masked_fill(torch.ones(T_q, T_k, dtype=torch.bool, device="cuda").triu(T_k - T_q + 1), -math.inf)
+    torch.testing.assert_close(lse2.double() / LOG2E, torch.logsumexp(s, -1).detach(), atol=2e-2, rtol=0)
+    for got, want in [(o, ref.detach())] + [(g, r.grad) for g, r in zip(grads, xr)]:
         assert torch.isfinite(got).all()
-        err = (got.double() - r.grad).norm() / r.grad.norm()
+        err = (got.double() - want).norm() / want.norm()
         assert err < 2e-2, err
