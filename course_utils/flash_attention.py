@@ -811,10 +811,12 @@ def _flash_backward(q, k, v, o, lse2, do, causal, sm_scale, configs=(None, None)
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
-        o, lse2 = _flash_forward(q, k, v, causal, sm_scale, tma=_forward_tma(q, k, v))
+    def forward(ctx, q, k, v, causal, sm_scale, tma):
+        """tma: None takes each TMA twin where section 9 says; False or True forces both passes
+        (benchmarks/flash_attention.py times the op both ways)."""
+        o, lse2 = _flash_forward(q, k, v, causal, sm_scale, tma=_forward_tma(q, k, v) if tma is None else tma)
         ctx.save_for_backward(q, k, v, o, lse2)               # O(T) memory: no P
-        ctx.causal, ctx.sm_scale = causal, sm_scale
+        ctx.causal, ctx.sm_scale, ctx.tma = causal, sm_scale, tma
         ctx.set_materialize_grads(False)                      # an unused output's gradient stays None
         return o, lse2                                        # base 2; flash_attention converts if asked
 
@@ -824,8 +826,8 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, o, lse2 = ctx.saved_tensors
         do = torch.zeros_like(o) if do is None else do.contiguous()
         dlse = None if dlse2 is None else dlse2 * LOG2E      # L = L2 / log2(e), so dL2 = dL / log2(e)
-        dq, dk, dv = _flash_backward(q, k, v, o, lse2, do, ctx.causal, ctx.sm_scale, dlse=dlse)
-        return dq, dk, dv, None, None
+        dq, dk, dv = _flash_backward(q, k, v, o, lse2, do, ctx.causal, ctx.sm_scale, dlse=dlse, tma=ctx.tma)
+        return dq, dk, dv, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -854,7 +856,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     q, k, v, sm_scale = _check_inputs("flash_attention", q, k, v, causal, sm_scale)
     if not isinstance(return_lse, bool):
         raise TypeError(f"flash_attention: return_lse must be True or False, got {return_lse!r}")
-    o, lse2 = _FlashAttention.apply(q, k, v, causal, sm_scale)
+    o, lse2 = _FlashAttention.apply(q, k, v, causal, sm_scale, None)
     return (o, lse2 / LOG2E) if return_lse else o            # natural log made only when asked (no extra memory)
 
 
